@@ -1,0 +1,114 @@
+# persona-export: the Makefile calls the CLI; its targets depend on the files stages write,
+# so `make persona=X ollama` runs only what is stale (each stage also skips itself when its
+# manifest says the output is up to date).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV        ?= .venv
+PYTHON      ?= python3
+PY          := $(VENV)/bin/python
+PE          := $(VENV)/bin/persona-export
+TORCH_SPEC  ?= torch==2.13.0
+STAMP       := $(VENV)/.persona-export-setup
+
+persona     ?=
+QUANT       ?= Q4_K_M
+OUTTYPE     ?= F16
+BASE_MODEL  ?= microsoft/Phi-4-mini-instruct
+ADAPTER_DIR ?= trained_adapters
+MERGED_DIR  ?= merged_models
+GGUF_DIR    ?= gguf_models
+MERGE_ARGS  ?=
+EXPORT_ARGS ?=
+
+ADAPTER   := $(ADAPTER_DIR)/$(persona)_final_adapter
+MERGED    := $(MERGED_DIR)/$(persona)/persona_export_manifest.json
+F16_GGUF  := $(GGUF_DIR)/$(persona)/$(persona)-$(OUTTYPE).gguf
+QUANT_GGUF:= $(GGUF_DIR)/$(persona)/$(persona)-$(QUANT).gguf
+MODELFILE := $(GGUF_DIR)/$(persona)/Modelfile
+DIRS      := --adapter-dir $(ADAPTER_DIR) --output-dir-base $(MERGED_DIR) --gguf-dir $(GGUF_DIR)
+
+.PHONY: help setup vendor test test-fast lint format demo bench bench-merge bench-chain \
+        merge gguf quantize modelfile ollama verify export doctor clean-build need-persona
+
+help:
+	@echo "make setup                       virtualenv, CPU torch, package + dev extras, llama.cpp tools"
+	@echo "make demo                        the whole chain on a real small model, no model hub needed"
+	@echo "make test                        every test (slow ones included), after setup"
+	@echo "make lint                        ruff + mypy"
+	@echo "make persona=NAME merge|gguf|quantize|modelfile|ollama|verify"
+	@echo "                                 run the chain up to that stage (QUANT=$(QUANT), BASE_MODEL=...)"
+	@echo "make bench-merge | bench-chain   benchmarks on a full-size synthetic Phi-4-mini"
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# CPU torch first, so no dependency pulls a multi-GB CUDA build
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(STAMP) vendor
+
+vendor: $(STAMP)
+	$(PE) vendor
+
+doctor: $(STAMP)
+	$(PE) doctor
+
+test: setup
+	$(PY) -m pytest -m "" $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check persona_export tests bench
+	$(VENV)/bin/ruff format --check persona_export tests bench
+	$(VENV)/bin/mypy
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix persona_export tests bench
+	$(VENV)/bin/ruff format persona_export tests bench
+
+need-persona:
+	@test -n "$(persona)" || { echo "error: say which persona, e.g. make persona=captain_codebeard $(MAKECMDGOALS)" >&2; exit 2; }
+
+# --- the chain, one file per stage --------------------------------------------------------
+$(MERGED): $(wildcard $(ADAPTER)/*) | $(STAMP)
+	$(PE) merge --persona $(persona) --base-model-id $(BASE_MODEL) --adapter-dir $(ADAPTER_DIR) --output-dir-base $(MERGED_DIR) $(MERGE_ARGS)
+
+$(F16_GGUF): $(MERGED) | setup
+	$(PE) gguf --persona $(persona) --outtype $(shell echo $(OUTTYPE) | tr A-Z a-z) $(DIRS)
+
+$(QUANT_GGUF): $(F16_GGUF)
+	$(PE) quantize --persona $(persona) --type $(QUANT) --source $(OUTTYPE) $(DIRS)
+
+$(MODELFILE): $(QUANT_GGUF) $(wildcard templates/*) $(wildcard templates/*/*)
+	$(PE) modelfile --persona $(persona) --quant $(QUANT) $(DIRS)
+
+merge: need-persona $(MERGED)
+gguf: need-persona $(F16_GGUF)
+quantize: need-persona $(QUANT_GGUF)
+modelfile: need-persona $(MODELFILE)
+
+ollama: need-persona $(MODELFILE)
+	$(PE) ollama --persona $(persona) $(DIRS)
+
+verify: need-persona $(MODELFILE)
+	$(PE) verify --persona $(persona) --quant $(QUANT) --base-model-id $(BASE_MODEL) $(DIRS)
+
+export: need-persona setup
+	$(PE) export --persona $(persona) --base-model-id $(BASE_MODEL) --quant $(QUANT) $(DIRS) $(EXPORT_ARGS)
+
+# --- demo and benchmarks ------------------------------------------------------------------
+demo: setup
+	$(PE) demo
+
+bench-merge: setup
+	$(PY) bench/bench_merge.py
+
+bench-chain: setup
+	$(PY) bench/bench_chain.py
+
+bench: bench-merge bench-chain

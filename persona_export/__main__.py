@@ -1,0 +1,3 @@
+from persona_export.cli import main
+
+main()

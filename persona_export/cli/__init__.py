@@ -1,0 +1,11 @@
+"""The command line: one module per command, each a thin layer over its stage.
+
+Commands register themselves on import, in pipeline order. Heavy libraries (torch,
+transformers, peft) are imported inside the stages, so `--help` stays fast.
+"""
+
+from persona_export.cli import doctor as _doctor  # noqa: F401
+from persona_export.cli import vendor as _vendor  # noqa: F401
+from persona_export.cli._app import app, main
+
+__all__ = ["app", "main"]

@@ -1,0 +1,99 @@
+"""The Typer app and the one top-level error handler every command runs under."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Any
+
+import typer
+from typer.core import TyperGroup
+
+from persona_export.errors import PersonaExportError
+
+DEBUG_VAR = "PERSONA_EXPORT_DEBUG"
+
+
+def _debug() -> bool:
+    return os.environ.get(DEBUG_VAR, "") not in ("", "0", "false", "no")
+
+
+def report_error(message: str, hint: str = "") -> None:
+    """Print a known error as one line (plus a hint line) on stderr."""
+    typer.echo(f"error: {message}", err=True)
+    if hint:
+        typer.echo(f"hint: {hint}", err=True)
+
+
+class HandledGroup(TyperGroup):
+    """Runs every command under the handler: known errors become a one-line message, a
+    hint and their exit code (1, or 2 for usage errors); the traceback only with
+    PERSONA_EXPORT_DEBUG=1."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(self.commands)  # the order they were added, which is pipeline order
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PersonaExportError as exc:
+            if _debug():
+                traceback.print_exc()
+            report_error(exc.message, exc.hint)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted; outputs of the unfinished stage were discarded", err=True)
+            raise typer.Exit(130) from None
+        except OSError as exc:
+            if _debug():
+                traceback.print_exc()
+            report_error(str(exc), "check the path, free disk space and permissions")
+            raise typer.Exit(1) from None
+        except (typer.TyperException, typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:  # a bug: still one line unless debugging
+            if _debug():
+                raise
+            report_error(
+                f"internal error: {type(exc).__name__}: {exc}",
+                f"this is a bug in persona-export; rerun with {DEBUG_VAR}=1 for the traceback "
+                "and report it",
+            )
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(
+    name="persona-export",
+    cls=HandledGroup,
+    help=(
+        "Turn a LoRA persona adapter into a model Ollama runs: merge -> gguf -> quantize -> "
+        "modelfile -> ollama, and verify that the export behaves like base + adapter."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        from persona_export import __version__
+
+        typer.echo(f"persona-export {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=version_callback, is_eager=True, help="Show the version."
+    ),
+) -> None:
+    """Turn a LoRA persona adapter into a model Ollama runs."""
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(app(prog_name="persona-export") or 0)

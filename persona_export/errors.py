@@ -1,0 +1,62 @@
+"""One error hierarchy for the whole tool.
+
+Every error the tool expects carries a one-line message (what is wrong) and a hint (what to
+do). The CLI's top-level handler prints both and exits with ``exit_code``; the traceback is
+shown only when ``PERSONA_EXPORT_DEBUG=1``. Each class also subclasses the matching
+built-in so library callers can catch what they already know.
+"""
+
+from __future__ import annotations
+
+
+class PersonaExportError(Exception):
+    """Base class: a known failure with a one-line message and a hint."""
+
+    exit_code = 1
+    default_hint = ""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint if hint is not None else self.default_hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(PersonaExportError, ValueError):
+    """The command line or a setting is wrong (exit code 2)."""
+
+    exit_code = 2
+
+
+class InputNotFoundError(PersonaExportError, FileNotFoundError):
+    """An input file or folder a stage needs does not exist."""
+
+
+class InvalidInputError(PersonaExportError, ValueError):
+    """An input exists but is unusable: corrupt, mismatched or unsupported."""
+
+
+class UnsupportedError(InvalidInputError):
+    """The input uses a feature this tool does not handle."""
+
+
+class ToolMissingError(PersonaExportError, FileNotFoundError):
+    """An external tool (vendored llama.cpp, Go, ollama) is not available."""
+
+
+class ExternalToolError(PersonaExportError, RuntimeError):
+    """An external program ran and failed."""
+
+
+class IntegrityError(PersonaExportError, ValueError):
+    """A download or artifact does not match its recorded hash."""
+
+
+class VerificationError(PersonaExportError, AssertionError):
+    """An exported artifact does not behave like its source."""
+
+
+class OfflineError(PersonaExportError, ConnectionError):
+    """A model is needed from the hub but the hub is unreachable or disabled."""

@@ -1,0 +1,74 @@
+"""Where each stage reads and writes, and the checks on persona names.
+
+trained_adapters/<persona>_final_adapter/      input (PEFT adapter)
+merged_models/<persona>/                       merge output (HF model + manifest)
+gguf_models/<persona>/<persona>-F16.gguf       gguf output (+ .manifest.json)
+gguf_models/<persona>/<persona>-Q4_K_M.gguf    quantize output (+ .manifest.json)
+gguf_models/<persona>/Modelfile                modelfile output (FROM ./<persona>-Q4_K_M.gguf)
+gguf_models/<persona>/verify.json              verify report
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from persona_export.errors import UsageError
+
+DEFAULT_BASE_MODEL = "microsoft/Phi-4-mini-instruct"
+DEFAULT_ADAPTER_DIR = Path("trained_adapters")
+DEFAULT_MERGED_DIR = Path("merged_models")
+DEFAULT_GGUF_DIR = Path("gguf_models")
+ADAPTER_SUFFIX = "_final_adapter"
+
+_PERSONA_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def check_persona(name: str) -> str:
+    """Return ``name`` if it is a safe persona name (a plain folder name), else raise."""
+    if not name or "/" in name or "\\" in name or ".." in name or not _PERSONA_RE.match(name):
+        raise UsageError(
+            f"invalid persona name {name!r}",
+            "use letters, digits, '_', '-' or '.', starting with a letter or digit "
+            "(no '/', no '..'), e.g. --persona captain_codebeard",
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The folders of one project; every stage path is derived from these three."""
+
+    adapter_dir: Path = DEFAULT_ADAPTER_DIR
+    merged_base: Path = DEFAULT_MERGED_DIR
+    gguf_base: Path = DEFAULT_GGUF_DIR
+
+    def adapter(self, persona: str) -> Path:
+        return self.adapter_dir / f"{check_persona(persona)}{ADAPTER_SUFFIX}"
+
+    def merged(self, persona: str) -> Path:
+        return self.merged_base / check_persona(persona)
+
+    def gguf_dir(self, persona: str) -> Path:
+        return self.gguf_base / check_persona(persona)
+
+    def gguf(self, persona: str, file_type: str) -> Path:
+        """The GGUF of ``persona`` for ``file_type`` (F16, BF16, F32, Q8_0, Q4_K_M, ...)."""
+        return self.gguf_dir(persona) / f"{persona}-{file_type.upper()}.gguf"
+
+    def modelfile(self, persona: str) -> Path:
+        return self.gguf_dir(persona) / "Modelfile"
+
+    def verify_report(self, persona: str) -> Path:
+        return self.gguf_dir(persona) / "verify.json"
+
+    def personas_with_adapters(self) -> list[str]:
+        """Personas that have an adapter folder, sorted."""
+        if not self.adapter_dir.is_dir():
+            return []
+        return sorted(
+            p.name[: -len(ADAPTER_SUFFIX)]
+            for p in self.adapter_dir.iterdir()
+            if p.is_dir() and p.name.endswith(ADAPTER_SUFFIX)
+        )
