@@ -55,15 +55,15 @@ def _vendor_checks() -> list[Check]:
     try:
         lock = vendor.load_lock()
     except PersonaExportError as exc:
-        return [Check("llama.cpp lock", False, exc.message, exc.hint)]
+        return [Check("llama.cpp-lock", False, exc.message, exc.hint)]
     checks = [
-        Check("llama.cpp lock", True, f"{lock.package}=={lock.version} ({lock.llama_cpp_commit})")
+        Check("llama.cpp-lock", True, f"{lock.package}=={lock.version} ({lock.llama_cpp_commit})")
     ]
     src = vendor.vendor_dir()
     checks.append(
-        Check("llama.cpp sources", True, str(src))
+        Check("llama.cpp-sources", True, str(src))
         if vendor.sources_ready(lock, src)
-        else Check("llama.cpp sources", False, f"not extracted at {src}", "make vendor")
+        else Check("llama.cpp-sources", False, f"not extracted at {src}", "make vendor")
     )
     for tool in (*lock.targets, *vendor.NATIVE_TOOLS):
         path = vendor.bin_dir(lock) / tool
@@ -78,12 +78,12 @@ def _vendor_checks() -> list[Check]:
 def _ollama_check() -> Check:
     exe = shutil.which("ollama")
     if exe:
-        return Check("ollama", True, exe, required=False)
+        return Check("ollama-cli", True, exe, required=False)
     host = os.environ.get("OLLAMA_HOST")
     if host:
-        return Check("ollama", True, f"no CLI; REST API at OLLAMA_HOST={host}", required=False)
+        return Check("ollama-cli", True, f"no CLI; REST API at OLLAMA_HOST={host}", required=False)
     return Check(
-        "ollama",
+        "ollama-cli",
         False,
         "no `ollama` on PATH and OLLAMA_HOST unset",
         "install Ollama (https://ollama.com/download) or set OLLAMA_HOST; "

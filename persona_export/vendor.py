@@ -306,6 +306,8 @@ def ensure(
     lock = load_lock()
     dest = vendor_dir()
     fetched = False
+    if sdist is not None:
+        fetch(lock, sdist)  # a file the user hands over is always checked
     if not sources_ready(lock, dest):
         extract(lock, fetch(lock, sdist), dest)
         fetched = True
