@@ -4,8 +4,14 @@ Commands register themselves on import, in pipeline order. Heavy libraries (torc
 transformers, peft) are imported inside the stages, so `--help` stays fast.
 """
 
-from persona_export.cli import doctor as _doctor  # noqa: F401
 from persona_export.cli import vendor as _vendor  # noqa: F401
+from persona_export.cli import doctor as _doctor  # noqa: F401
 from persona_export.cli._app import app, main
+
+# The top-level help ends with one example per command, taken from each command's epilog.
+app.info.epilog = "Examples:\n\n" + "\n\n".join(
+    "  " + (command.epilog or "").removeprefix("Example: ").strip()
+    for command in app.registered_commands
+)
 
 __all__ = ["app", "main"]
