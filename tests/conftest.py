@@ -1,0 +1,49 @@
+"""Shared fixtures. Each block says which tests use it; add yours in a block of your own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.gotemplate_runner import GoTemplateRenderer, build_renderer
+
+# --------------------------------------------------------------------------------------
+# gguf / quantize (tests/test_gguf*.py, tests/test_quantize*.py; helpers in tests/ggufkit.py)
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_phi4mini(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Phi-4-mini-shaped HF folder (o200k tokenizer, bf16 weights): a valid merged
+    folder. Shared: copy it before changing anything."""
+    from tests import modelkit as mk
+
+    return mk.make_phi4mini(tmp_path_factory.mktemp("phi4mini") / "model")
+
+
+@pytest.fixture(scope="session")
+def phi4mini_project(tmp_path_factory: pytest.TempPathFactory, tiny_phi4mini: Path) -> Path:
+    """A project folder: merged_models/cap/ is the tiny Phi-4-mini and the gguf stage wrote
+    gguf_models/cap/cap-F16.gguf (+ manifest). Shared: use ``ggufkit.copy_project`` first
+    when a test changes anything."""
+    from persona_export.stages.gguf import GgufConfig, run_gguf
+    from tests.ggufkit import copy_merged, project_layout
+
+    root = tmp_path_factory.mktemp("phi4mini-project")
+    copy_merged(tiny_phi4mini, root, "cap")
+    run_gguf(GgufConfig("cap", layout=project_layout(root)))
+    return root
+
+
+# --------------------------------------------------------------------------------------
+# modelfile / ollama (tests/test_modelfile*.py, tests/test_chat_formats*.py,
+# tests/test_ollama*.py; helpers in tests/gotemplate/, tests/modelfile_parser.py)
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def go_template(tmp_path_factory: pytest.TempPathFactory) -> GoTemplateRenderer:
+    """Renders Ollama TEMPLATEs with Go's text/template the way Ollama does (the program in
+    tests/gotemplate/, built once per session). Skips when Go is not installed."""
+    return build_renderer(tmp_path_factory.mktemp("gotemplate"))
