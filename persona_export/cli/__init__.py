@@ -6,8 +6,11 @@ transformers, peft) are imported inside the stages, so `--help` stays fast.
 
 from persona_export.cli import vendor as _vendor  # noqa: F401
 from persona_export.cli import doctor as _doctor  # noqa: F401
+from persona_export.cli import merge as _merge  # noqa: F401
 from persona_export.cli import gguf as _gguf  # noqa: F401
 from persona_export.cli import quantize as _quantize  # noqa: F401
+from persona_export.cli import modelfile as _modelfile  # noqa: F401
+from persona_export.cli import ollama as _ollama  # noqa: F401
 from persona_export.cli._app import app, main
 
 # The top-level help ends with one example per command, taken from each command's epilog.

@@ -1,0 +1,69 @@
+"""`persona-export ollama`: register the persona's Modelfile with Ollama."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Annotated
+
+import typer
+
+from persona_export import console
+from persona_export.cli._app import app
+from persona_export.cli._options import DEFAULTS, AdapterDir, GgufDir, MergedDir, Persona
+from persona_export.cli.modelfile import PersonasFile
+
+
+@app.command(
+    epilog="Example: persona-export ollama --persona captain_codebeard --name "
+    "captain-codebeard:latest   (or: make persona=NAME ollama)",
+)
+def ollama(
+    persona: Persona,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="Ollama model name, name[:tag] in lower case (default: the persona's "
+            "ollama_name from its definition, else the persona name).",
+        ),
+    ] = None,
+    require: Annotated[
+        bool,
+        typer.Option(
+            "--require",
+            help="Fail (exit 1) when Ollama is not available, instead of printing the command "
+            "to run later.",
+        ),
+    ] = False,
+    personas_file: PersonasFile = None,
+    gguf_dir: GgufDir = DEFAULTS["gguf_dir"],
+    merged_dir: MergedDir = DEFAULTS["merged_dir"],
+    adapter_dir: AdapterDir = DEFAULTS["adapter_dir"],
+) -> None:
+    """Register gguf_models/<persona>/Modelfile with Ollama as a model.
+
+    Uses the `ollama` CLI when it is on PATH (`ollama create NAME -f Modelfile`), else the
+    REST API at $OLLAMA_HOST (blob upload, then create). With neither, prints the command to
+    run later and exits 0 (1 with --require). Prints the model name.
+    """
+    from persona_export.layout import Layout
+    from persona_export.stages.ollama import OllamaConfig, register
+
+    layout = Layout(adapter_dir=adapter_dir, merged_base=merged_dir, gguf_base=gguf_dir)
+    result = register(
+        OllamaConfig(
+            persona=persona,
+            model_name=name,
+            layout=layout,
+            personas_file=personas_file,
+            require=require,
+        )
+    )
+    if result.method == "none":
+        console.warn("Ollama is not available here (no `ollama` on PATH, OLLAMA_HOST not set)")
+        console.info("to register the model later, run:")
+        console.out(shlex.join(result.command))
+        return
+    how = "the ollama CLI" if result.method == "cli" else "the Ollama REST API"
+    console.info(f"registered {result.model_name} with {how}; try: ollama run {result.model_name}")
+    console.out(result.model_name)

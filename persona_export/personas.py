@@ -1,0 +1,147 @@
+"""Persona definitions: system prompt, display name, Ollama model name and parameters.
+
+Personas are data in TOML files, read in this order (a later file's definition of a persona
+replaces an earlier one entirely):
+
+1. ``templates/personas.toml`` shipped with persona-export;
+2. ``personas.toml`` in the current working directory, when there is one;
+3. the file given with ``--personas FILE`` (it must exist).
+
+Each persona is a table ``[personas.<name>]`` with ``system`` (the SYSTEM prompt),
+``display_name``, ``ollama_name`` (``name[:tag]``) and a ``[personas.<name>.parameters]``
+table of Ollama parameters (temperature, top_p, num_ctx, ...), all optional.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from persona_export.chat_formats import templates_dir
+from persona_export.errors import InputNotFoundError, UsageError
+from persona_export.layout import check_persona
+from persona_export.ollama_rules import check_model_name, check_parameters, default_model_name
+
+USER_FILE_NAME = "personas.toml"
+_FIELDS = {"system", "display_name", "ollama_name", "parameters"}
+
+
+@dataclass(frozen=True)
+class Persona:
+    """One persona's definition (``defined_in`` is None for a persona without one)."""
+
+    name: str
+    display_name: str
+    ollama_name: str
+    system: str | None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    stops: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    defined_in: Path | None = None
+
+
+def persona_files(user_file: Path | None, cwd: Path | None = None) -> list[Path]:
+    """The persona files to read, in order (see the module docstring)."""
+    files = [templates_dir() / USER_FILE_NAME]
+    local = (cwd or Path.cwd()) / USER_FILE_NAME
+    if local.is_file() and local.resolve() != files[0].resolve():
+        files.append(local)
+    if user_file is not None:
+        if not user_file.is_file():
+            raise InputNotFoundError(
+                f"personas file {user_file} not found",
+                "pass an existing TOML file to --personas (see templates/personas.toml)",
+            )
+        if all(user_file.resolve() != f.resolve() for f in files):
+            files.append(user_file)
+    return files
+
+
+def _read_table(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputNotFoundError(f"cannot read personas file {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path} is not valid TOML: {exc}", "fix the file's syntax") from exc
+    unknown = set(data) - {"personas"}
+    if unknown:
+        raise UsageError(
+            f"{path}: unknown top-level key(s) {sorted(unknown)}",
+            "define each persona as a [personas.<name>] table",
+        )
+    personas = data.get("personas", {})
+    if not isinstance(personas, dict):
+        raise UsageError(f"{path}: 'personas' must be a table of [personas.<name>] tables")
+    return personas
+
+
+def _single_line(value: Any, key: str, where: str) -> str:
+    if not isinstance(value, str) or not value.strip() or "\n" in value or "\r" in value:
+        raise UsageError(f"{where}: {key!r} must be a non-empty single-line string")
+    return value
+
+
+def _parse_persona(name: str, table: Any, path: Path) -> Persona:
+    where = f"{path} [personas.{name}]"
+    if not isinstance(table, dict):
+        raise UsageError(f"{where} must be a table")
+    unknown = set(table) - _FIELDS
+    if unknown:
+        raise UsageError(
+            f"{where}: unknown key(s) {sorted(unknown)}",
+            "allowed keys: " + ", ".join(sorted(_FIELDS)),
+        )
+    check_persona(name)
+    system = table.get("system")
+    if system is not None and not isinstance(system, str):
+        raise UsageError(f"{where}: 'system' must be a string")
+    display_name = _single_line(table.get("display_name", name), "display_name", where)
+    ollama_name = table.get("ollama_name", default_model_name(name))
+    if not isinstance(ollama_name, str):
+        raise UsageError(f"{where}: 'ollama_name' must be a string")
+    try:
+        check_model_name(ollama_name)
+    except UsageError as exc:
+        raise UsageError(f"{where}: {exc.message}", exc.hint) from exc
+    params = table.get("parameters", {})
+    if not isinstance(params, dict):
+        raise UsageError(f"{where}: 'parameters' must be a table")
+    checked, stops, warnings = check_parameters(params, where=f"{where}.parameters")
+    return Persona(
+        name=name,
+        display_name=display_name,
+        ollama_name=ollama_name,
+        system=system,
+        parameters=checked,
+        stops=tuple(stops),
+        warnings=tuple(warnings),
+        defined_in=path,
+    )
+
+
+def load_personas(files: list[Path]) -> dict[str, Persona]:
+    """Every persona defined in ``files`` (later files win), checked."""
+    personas: dict[str, Persona] = {}
+    for path in files:
+        for name, table in _read_table(path).items():
+            personas[name] = _parse_persona(name, table, path)
+    return personas
+
+
+def find_persona(name: str, *, user_file: Path | None = None, cwd: Path | None = None) -> Persona:
+    """The definition of ``name``; a persona nobody defined gets an empty one (no SYSTEM,
+    no parameters, ``defined_in`` None) so that it still exports."""
+    files = persona_files(user_file, cwd)
+    known = load_personas(files)
+    if name in known:
+        return known[name]
+    return Persona(
+        name=name,
+        display_name=name,
+        ollama_name=default_model_name(name),
+        system=None,
+    )

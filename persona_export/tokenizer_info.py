@@ -1,0 +1,277 @@
+"""What the Modelfile needs from a model's tokenizer: its chat template, special tokens,
+end-of-sequence tokens and whether the runtime adds BOS, read from a Hugging Face folder or
+from a GGUF's metadata."""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from persona_export.errors import InputNotFoundError, InvalidInputError
+
+_SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    """The chat-relevant facts of one tokenizer.
+
+    ``eos_tokens``: end-of-sequence token texts in priority order (generation_config.json,
+    config.json, the tokenizer's own eos; or the GGUF's eos/eot/eom ids). ``add_bos``: whether
+    the tokenizer (and so llama.cpp) adds BOS by itself; None when unknown.
+    """
+
+    chat_template: str | None
+    template_source: str
+    special_tokens: dict[str, str]
+    eos_tokens: tuple[str, ...]
+    add_bos: bool | None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"{path} is not a JSON object")
+    return data
+
+
+def _token_text(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        return str(value["content"])
+    return None
+
+
+def _ids(value: Any) -> list[int]:
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, int) and not isinstance(v, bool)]
+    return []
+
+
+def _dedupe(items: Iterable[str]) -> tuple[str, ...]:
+    seen: dict[str, None] = {}
+    for item in items:
+        if item:
+            seen.setdefault(item, None)
+    return tuple(seen)
+
+
+def _hf_chat_template(folder: Path, config: dict[str, Any]) -> tuple[str | None, str]:
+    jinja_file = folder / "chat_template.jinja"
+    if jinja_file.is_file():
+        return jinja_file.read_text(encoding="utf-8"), str(jinja_file)
+    source = str(folder / "tokenizer_config.json")
+    value = config.get("chat_template")
+    if isinstance(value, list):  # several named templates: the default one is the chat template
+        named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
+        value = named.get("default")
+    return (value if isinstance(value, str) else None), source
+
+
+def from_hf_folder(folder: Path) -> TokenizerInfo:
+    """Read the tokenizer facts of a Hugging Face model folder (merged_models/<persona>/)."""
+    config_path = folder / "tokenizer_config.json"
+    if not config_path.is_file():
+        raise InputNotFoundError(
+            f"{config_path} not found: {folder} has no tokenizer",
+            "the merged model folder should carry the tokenizer files; rerun "
+            "`persona-export merge`",
+        )
+    config = _read_json(config_path)
+    chat_template, source = _hf_chat_template(folder, config)
+
+    specials_map_path = folder / "special_tokens_map.json"
+    specials_map = _read_json(specials_map_path) if specials_map_path.is_file() else {}
+    special_tokens: dict[str, str] = {}
+    for name in _SPECIAL_NAMES:
+        text = _token_text(config.get(name)) or _token_text(specials_map.get(name))
+        if text is not None:
+            special_tokens[name] = text
+
+    id_to_text: dict[int, str] = {}
+    for key, entry in (config.get("added_tokens_decoder") or {}).items():
+        if str(key).isdigit() and (text := _token_text(entry)) is not None:
+            id_to_text[int(key)] = text
+
+    eos_ids: list[int] = []
+    for name in ("generation_config.json", "config.json"):
+        path = folder / name
+        if path.is_file():
+            eos_ids += _ids(_read_json(path).get("eos_token_id"))
+    missing = [i for i in eos_ids if i not in id_to_text]
+    if missing and (folder / "tokenizer.json").is_file():
+        id_to_text.update(_tokenizer_json_ids(folder / "tokenizer.json", set(missing)))
+    eos_tokens = [id_to_text[i] for i in eos_ids if i in id_to_text]
+    if "eos_token" in special_tokens:
+        eos_tokens.append(special_tokens["eos_token"])
+
+    add_bos = config.get("add_bos_token")
+    return TokenizerInfo(
+        chat_template=chat_template,
+        template_source=source,
+        special_tokens=special_tokens,
+        eos_tokens=_dedupe(eos_tokens),
+        add_bos=add_bos if isinstance(add_bos, bool) else None,
+    )
+
+
+def _tokenizer_json_ids(path: Path, wanted: set[int]) -> dict[int, str]:
+    data = _read_json(path)
+    found: dict[int, str] = {}
+    for entry in data.get("added_tokens") or []:
+        if isinstance(entry, dict) and entry.get("id") in wanted:
+            found[int(entry["id"])] = str(entry.get("content", ""))
+    vocab = (data.get("model") or {}).get("vocab")
+    if isinstance(vocab, dict):
+        for text, token_id in vocab.items():
+            if token_id in wanted and token_id not in found:
+                found[int(token_id)] = text
+    return found
+
+
+# --- GGUF metadata -------------------------------------------------------------------------
+# A small reader for the key/value section only: the tokenizer's 200k-entry token list is
+# skipped over instead of parsed, so reading a multi-GB GGUF's metadata takes milliseconds.
+
+_SCALARS = {
+    0: "<B",  # uint8
+    1: "<b",  # int8
+    2: "<H",  # uint16
+    3: "<h",  # int16
+    4: "<I",  # uint32
+    5: "<i",  # int32
+    6: "<f",  # float32
+    7: "<?",  # bool
+    10: "<Q",  # uint64
+    11: "<q",  # int64
+    12: "<d",  # float64
+}
+_STRING, _ARRAY = 8, 9
+GGUF_KEYS = (
+    "tokenizer.chat_template",
+    "tokenizer.ggml.bos_token_id",
+    "tokenizer.ggml.eos_token_id",
+    "tokenizer.ggml.eot_token_id",
+    "tokenizer.ggml.eom_token_id",
+    "tokenizer.ggml.unknown_token_id",
+    "tokenizer.ggml.padding_token_id",
+    "tokenizer.ggml.add_bos_token",
+)
+
+
+def _read(fh: BinaryIO, size: int) -> bytes:
+    data = fh.read(size)
+    if len(data) != size:
+        raise EOFError
+    return data
+
+
+def _read_string(fh: BinaryIO) -> str:
+    (length,) = struct.unpack("<Q", _read(fh, 8))
+    return _read(fh, length).decode("utf-8", errors="replace")
+
+
+def _read_value(fh: BinaryIO, kind: int, keep: bool) -> Any:
+    if kind in _SCALARS:
+        fmt = _SCALARS[kind]
+        return struct.unpack(fmt, _read(fh, struct.calcsize(fmt)))[0]
+    if kind == _STRING:
+        if keep:
+            return _read_string(fh)
+        (length,) = struct.unpack("<Q", _read(fh, 8))
+        fh.seek(length, 1)
+        return None
+    if kind == _ARRAY:
+        item_kind, count = struct.unpack("<IQ", _read(fh, 12))
+        if item_kind in _SCALARS and not keep:
+            fh.seek(struct.calcsize(_SCALARS[item_kind]) * count, 1)
+            return None
+        return [_read_value(fh, item_kind, keep) for _ in range(count)]
+    raise ValueError(f"unknown GGUF value type {kind}")
+
+
+def read_gguf_metadata(path: Path, keys: Iterable[str], *, tokens: bool = False) -> dict[str, Any]:
+    """The values of ``keys`` in the GGUF at ``path`` (absent keys are left out); with
+    ``tokens`` also ``tokenizer.ggml.tokens``. Raises :class:`InvalidInputError` when the
+    file is not a readable GGUF."""
+    wanted = set(keys) | ({"tokenizer.ggml.tokens"} if tokens else set())
+    found: dict[str, Any] = {}
+    try:
+        with open(path, "rb") as fh:
+            if _read(fh, 4) != b"GGUF":
+                raise ValueError("no GGUF magic")
+            version, _tensors, kv_count = struct.unpack("<IQQ", _read(fh, 20))
+            if version < 2:
+                raise ValueError(f"GGUF version {version} is too old")
+            for _ in range(kv_count):
+                key = _read_string(fh)
+                (kind,) = struct.unpack("<I", _read(fh, 4))
+                value = _read_value(fh, kind, key in wanted)
+                if key in wanted:
+                    found[key] = value
+    except (OSError, EOFError, ValueError, struct.error) as exc:
+        raise InvalidInputError(
+            f"cannot read GGUF metadata from {path}: {exc}",
+            "the file is damaged or not a GGUF; rerun `persona-export gguf` and `quantize`",
+        ) from exc
+    return found
+
+
+def from_gguf(path: Path) -> TokenizerInfo:
+    """Read the tokenizer facts of a GGUF (when no merged folder is at hand)."""
+    meta = read_gguf_metadata(path, GGUF_KEYS, tokens=True)
+    token_list: list[str] = meta.get("tokenizer.ggml.tokens") or []
+
+    def text(key: str) -> str | None:
+        token_id = meta.get(key)
+        if isinstance(token_id, int) and 0 <= token_id < len(token_list):
+            return token_list[token_id]
+        return None
+
+    special_tokens = {
+        name: value
+        for name, key in (
+            ("bos_token", "tokenizer.ggml.bos_token_id"),
+            ("eos_token", "tokenizer.ggml.eos_token_id"),
+            ("unk_token", "tokenizer.ggml.unknown_token_id"),
+            ("pad_token", "tokenizer.ggml.padding_token_id"),
+        )
+        if (value := text(key)) is not None
+    }
+    eos = [
+        text(key)
+        for key in (
+            "tokenizer.ggml.eot_token_id",
+            "tokenizer.ggml.eos_token_id",
+            "tokenizer.ggml.eom_token_id",
+        )
+    ]
+    add_bos = meta.get("tokenizer.ggml.add_bos_token")
+    template = meta.get("tokenizer.chat_template")
+    return TokenizerInfo(
+        chat_template=template if isinstance(template, str) else None,
+        template_source=f"{path} (tokenizer.chat_template)",
+        special_tokens=special_tokens,
+        eos_tokens=_dedupe(t for t in eos if t),
+        add_bos=add_bos if isinstance(add_bos, bool) else None,
+    )
+
+
+def gguf_adds_bos(path: Path) -> bool | None:
+    """Whether llama.cpp adds BOS when tokenizing for the GGUF at ``path`` (None: unknown)."""
+    value = read_gguf_metadata(path, ["tokenizer.ggml.add_bos_token"]).get(
+        "tokenizer.ggml.add_bos_token"
+    )
+    return value if isinstance(value, bool) else None
