@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import textwrap
 from pathlib import Path
 
@@ -163,4 +164,34 @@ def fake_converter(
         ),
         encoding="utf-8",
     )
+    return script
+
+
+def fake_quantize(
+    folder: Path, real_tool: Path, *, exit_code: int = 0, lines: tuple[str, ...] = ()
+) -> Path:
+    """A stand-in for llama-quantize: ``--help`` runs the real one (so the type list is
+    real); otherwise it prints ``lines``, copies the input to the output unchanged (a wrong
+    file: still F16) unless it fails, and exits with ``exit_code``."""
+    script = folder / "fake-llama-quantize"
+    script.write_text(
+        textwrap.dedent(
+            f"""\
+            #!{sys.executable}
+            import os, shutil, sys
+            args = sys.argv[1:]
+            if args[:1] == ["--help"]:
+                os.execv({str(real_tool)!r}, [{str(real_tool)!r}, "--help"])
+            with open({str(folder / "quantize-argv.txt")!r}, "w") as fh:
+                fh.write("\\n".join(args))
+            for line in {list(lines)!r}:
+                print(line, flush=True)
+            if {exit_code} == 0:
+                shutil.copyfile(args[-4], args[-3])
+            sys.exit({exit_code})
+            """
+        ),
+        encoding="utf-8",
+    )
+    script.chmod(0o755)
     return script

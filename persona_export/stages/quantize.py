@@ -126,7 +126,8 @@ def run_quantize(config: QuantizeConfig) -> QuantizeResult:
     needing = [t for t in wanted if t in NEEDS_IMATRIX]
     if needing and config.imatrix is None:
         raise UsageError(
-            f"{', '.join(needing)} need an importance matrix (--imatrix FILE)",
+            f"{', '.join(needing)} {'needs' if len(needing) == 1 else 'need'} an importance "
+            "matrix (--imatrix FILE)",
             "make one with llama-imatrix on text like the persona's, or pick a type that does "
             "not need one, e.g. Q4_K_M, Q5_K_M, IQ4_XS or Q8_0",
         )
