@@ -248,6 +248,8 @@ def test_transformers5_tokenizer_is_converted_through_a_shadow_folder(
     tok_config = {"tokenizer_class": "TokenizersBackend", "backend": "tokenizers"}
     merged = make_fake_merged(tmp_path, architecture="Phi3ForCausalLM", tokenizer_config=tok_config)
     (merged / "chat_template.jinja").write_text(TEMPLATE, encoding="utf-8")
+    stale = tmp_path / "gguf_models" / "cap" / ".tokfix-999999999-x" / "cap"
+    stale.mkdir(parents=True)  # left by a run that was killed
     use_converter(monkeypatch, fake_converter(tmp_path, good_gguf))
     # the fake GGUF says llama, which the check would refuse for phi3: accept it here
     monkeypatch.setattr("persona_export.stages.gguf.KNOWN_ARCHITECTURES", {})

@@ -180,13 +180,19 @@ def remove_stale_partials(folder: Path, name: str) -> None:
         return
     for leftover in folder.glob(f".{name}.partial-*"):
         pid_text = leftover.name.rsplit(".partial-", 1)[1].split("-", 1)[0]
-        if pid_text.isdigit() and int(pid_text) != os.getpid() and _alive(int(pid_text)):
+        if pid_text.isdigit() and _other_live_process(int(pid_text)):
             continue
         if leftover.is_file():
             leftover.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
+def _other_live_process(pid: int) -> bool:
+    # this process's own leftovers are from an earlier, finished call: stale
+    return pid != os.getpid() and pid_alive(pid)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (the writer of a temporary file)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

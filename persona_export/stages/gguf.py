@@ -18,6 +18,7 @@ copy in.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import struct
@@ -56,6 +57,7 @@ from persona_export.stages._hashing import (
     TailHasher,
     known_records,
     list_files,
+    pid_alive,
     remove_stale_partials,
 )
 
@@ -487,7 +489,8 @@ def _converter_input(
         f"{fix.tokenizer_class}, which the pinned phi3 converter needs to read this tokenizer"
     )
     scratch_parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".tokfix-", dir=scratch_parent))
+    remove_stale_shadows(scratch_parent)
+    scratch = Path(tempfile.mkdtemp(prefix=f".tokfix-{os.getpid()}-", dir=scratch_parent))
     # same folder name as the original: the converter derives general.* fields from it
     shadow = scratch / merged_dir.name
     try:
@@ -503,6 +506,15 @@ def _converter_input(
         yield shadow
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def remove_stale_shadows(folder: Path) -> None:
+    """Remove shadow folders (symlinks only) left by runs that are no longer alive."""
+    for leftover in folder.glob(".tokfix-*"):
+        pid = leftover.name.split("-")[1]
+        in_use = pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid))
+        if leftover.is_dir() and not in_use:
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------
