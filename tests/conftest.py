@@ -47,3 +47,33 @@ def go_template(tmp_path_factory: pytest.TempPathFactory) -> GoTemplateRenderer:
     """Renders Ollama TEMPLATEs with Go's text/template the way Ollama does (the program in
     tests/gotemplate/, built once per session). Skips when Go is not installed."""
     return build_renderer(tmp_path_factory.mktemp("gotemplate"))
+
+
+# --------------------------------------------------------------------------------------
+# merge (tests/test_merge*.py; helpers in tests/mergekit.py). Shared: never modify these
+# folders, build adapters next to them.
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def phi_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Phi-4-mini-shaped model (bf16, tied embeddings) with the small vocabulary."""
+    from tests import modelkit as mk
+
+    return mk.make_phi4mini(tmp_path_factory.mktemp("merge-phi") / "base", vocab="small")
+
+
+@pytest.fixture(scope="session")
+def llama_spm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama (float32, untied lm_head, SentencePiece tokenizer)."""
+    from tests import modelkit as mk
+
+    return mk.make_llama(tmp_path_factory.mktemp("merge-llama") / "base")
+
+
+@pytest.fixture(scope="session")
+def gpt2_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny GPT-2 (float32, Conv1D projections, tied lm_head)."""
+    from tests import modelkit as mk
+
+    return mk.make_gpt2(tmp_path_factory.mktemp("merge-gpt2") / "base")

@@ -96,7 +96,6 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     if not isinstance(metadata, dict):
         raise _corrupt(path, "__metadata__ is not an object")
     data_start = 8 + header_len
-    data_size = size - data_start
     infos: dict[str, TensorInfo] = {}
     for name, entry in header.items():
         try:
@@ -111,13 +110,10 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
             raise _corrupt(path, f"tensor {name!r} has a negative size or offset")
         if end - begin != math.prod(shape) * DTYPE_SIZES[dtype]:
             raise _corrupt(path, f"tensor {name!r}: {end - begin} bytes for shape {list(shape)}")
-        if end > data_size:
-            raise _corrupt(
-                path,
-                f"truncated: tensor {name!r} ends at byte {data_start + end}, "
-                f"the file has {size} bytes",
-            )
         infos[name] = TensorInfo(path, name, dtype, shape, data_start + begin, end - begin)
+    needed = max((i.offset + i.nbytes for i in infos.values()), default=data_start)
+    if needed > size:
+        raise _corrupt(path, f"truncated: its header describes {needed} bytes, the file has {size}")
     ranges = sorted((i.offset, i.offset + i.nbytes, i.name) for i in infos.values() if i.nbytes)
     for (_, prev_end, prev), (start, _, name) in zip(ranges, ranges[1:], strict=False):
         if start < prev_end:
