@@ -306,9 +306,10 @@ def test_unreachable_ollama_host_is_an_error(
 
 
 def test_without_ollama_prints_the_command_and_exits_0(
-    runner: CliRunner, exported: Layout, personas_file: Path, no_ollama: Path
+    runner: CliRunner, exported: Layout, no_ollama: Path
 ) -> None:
-    result = invoke(runner, exported, "--personas", str(personas_file))
+    # No --personas here: the name comes from what the modelfile stage recorded.
+    result = invoke(runner, exported)
     assert result.exit_code == 0
     modelfile = exported.modelfile("cap")
     assert result.stdout == f"ollama create cap-test -f {modelfile}\n"

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from persona_export.artifacts import manifest_path_for, read_json
 from persona_export.errors import (
     ExternalToolError,
     InputNotFoundError,
@@ -36,7 +37,8 @@ HOST_VAR = "OLLAMA_HOST"
 
 @dataclass(frozen=True)
 class OllamaConfig:
-    """Which persona to register, under which name (default: the persona's ``ollama_name``).
+    """Which persona to register, under which name (default: the name the modelfile stage
+    recorded, else the persona's ``ollama_name``).
 
     ``ollama_exe`` and ``host`` override the PATH lookup and ``$OLLAMA_HOST``; ``require``
     makes a missing Ollama an error.
@@ -163,6 +165,12 @@ def _via_api(host: str, name: str, request: CreateRequest) -> tuple[dict[str, st
     return files, str(getattr(response, "status", "") or "")
 
 
+def _recorded_name(modelfile: Path) -> str | None:
+    """The model name the modelfile stage wrote into the Modelfile's manifest."""
+    name = (read_json(manifest_path_for(modelfile)) or {}).get("model_name")
+    return name if isinstance(name, str) and name else None
+
+
 def register(config: OllamaConfig) -> OllamaResult:
     """Register the persona's Modelfile with Ollama (see the module docstring).
 
@@ -178,7 +186,9 @@ def register(config: OllamaConfig) -> OllamaResult:
             f"run `persona-export modelfile --persona {persona}` first "
             f"(or `make persona={persona} modelfile`)",
         )
-    name = config.model_name or find_persona(persona, user_file=config.personas_file).ollama_name
+    name = config.model_name or _recorded_name(modelfile)
+    if not name:
+        name = find_persona(persona, user_file=config.personas_file).ollama_name
     check_model_name(name)
     commands = parse(modelfile.read_text(encoding="utf-8"))
     later = ("ollama", "create", name, "-f", str(modelfile))
