@@ -175,22 +175,21 @@ def _detected_template(
     warnings: list[str] = []
     text = fmt.template
     bos = info.special_tokens.get("bos_token", "")
-    if emits_bos:
-        adds_bos = gguf_adds_bos(gguf)
-        if adds_bos is False:
-            # The runtime will not add BOS, so the TEMPLATE writes it (llama.cpp reads the
-            # token text back as the BOS token).
-            text = bos + text
-            notes.append(f"the TEMPLATE starts with {bos} (the GGUF does not add BOS itself)")
-        elif adds_bos is None:
-            warnings.append(
-                f"the chat template starts with {bos} but {gguf.name} does not say whether "
-                "llama.cpp adds BOS; assuming it does"
-            )
-    elif info.add_bos:
+    runtime_adds_bos = gguf_adds_bos(gguf)
+    if emits_bos and runtime_adds_bos is False:
+        # llama.cpp will not add BOS, so the TEMPLATE writes it (with special-token parsing
+        # llama.cpp reads the token's text back as the BOS token).
+        text = bos + text
+        notes.append(f"the TEMPLATE starts with {bos} (the GGUF does not add BOS itself)")
+    elif emits_bos and runtime_adds_bos is None:
         warnings.append(
-            f"the tokenizer adds {bos or 'BOS'} by itself but its chat template does not start "
-            "with it: Ollama's prompts will start with a BOS token the chat template has not"
+            f"the chat template starts with {bos} but {gguf.name} does not say whether "
+            "llama.cpp adds BOS; assuming it does"
+        )
+    elif not emits_bos and runtime_adds_bos and forced is None:
+        warnings.append(
+            f"llama.cpp adds {bos or 'BOS'} for {gguf.name} but the model's chat template does "
+            "not start with it: Ollama's prompts will begin with a token the chat template has not"
         )
     if fmt.system_note:
         notes.append(fmt.system_note)
