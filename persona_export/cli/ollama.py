@@ -23,8 +23,8 @@ def ollama(
         str | None,
         typer.Option(
             "--name",
-            help="Ollama model name, name[:tag] in lower case (default: the persona's "
-            "ollama_name from its definition, else the persona name).",
+            help="Ollama model name, name[:tag] in lower case (default: the name the Modelfile "
+            "was written for: the persona's ollama_name, else the persona name).",
         ),
     ] = None,
     require: Annotated[
