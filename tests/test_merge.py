@@ -254,3 +254,32 @@ def test_phi4mini_with_o200k_tokenizer_stays_tied_and_keeps_tokenizer_bytes(
     ids = torch.tensor([[200022, 9906, 11, 2375, 200020, 200019]])
     with torch.no_grad():
         assert torch.equal(ours(ids).logits, reference(ids).logits)
+
+
+def _max_ulp(a: Any, b: Any) -> int:
+    import torch
+
+    if a.dtype == torch.bfloat16:
+        return int((a.view(torch.int16).int() - b.view(torch.int16).int()).abs().max())
+    return int((a.view(torch.int32).long() - b.view(torch.int32).long()).abs().max())
+
+
+@pytest.mark.parametrize(("case", "dtype"), [("plain-bf16", "auto"), ("dora-f32", "f32")])
+def test_cuda_merge_is_within_one_rounding_step_of_peft(
+    case: str, dtype: str, adapters: Any, tmp_path: Path
+) -> None:
+    """On a GPU the rank-r products round differently from the CPU's: each bf16 weight is
+    then within one rounding step of PEFT's CPU merge (float32 DoRA: a few float32 ulps,
+    the norm and scale factor round differently too)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    base, adapter = adapters(case)
+    result = run_merge(make_project(tmp_path, adapter), base, dtype=dtype, device="cuda")
+    assert result.device.startswith("cuda")
+    ours = load_tensors(result.merged_dir)
+    reference = peft_merged(base, adapter, CASES[case][3]).state_dict()
+    allowed = 1 if CASES[case][3] == "bf16" else 8
+    for name, tensor in ours.items():
+        assert _max_ulp(tensor, reference[name]) <= allowed, name

@@ -252,12 +252,19 @@ def execute(
     progress: Callable[[int, int], None] | None = None,
 ) -> ExecuteResult:
     """Write every tensor of ``plan`` into safetensors shards in ``out_dir``."""
+    import torch
+
     shards = plan_shards([t.out for t in plan.tensors], max_shard_bytes)
     shard_writer = ShardWriter(out_dir, shards, METADATA)
     writer = _Writer(shard_writer)
     writer.start()
     done_bytes = 0
+    # One compute thread: the blocks are small and memory-bound, the writer and the input
+    # hashing want the other cores, and OpenMP's spinning threads lose badly to a busy core.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     with ExitStack() as stack:
+        stack.callback(torch.set_num_threads, threads)
         reader = _TensorReader(_Files(stack), adapter)
         try:
             for planned in plan.tensors:

@@ -100,20 +100,24 @@ class LoraOp:
             return (self.b @ self.a[:, start:stop].contiguous()).T * self.scaling
         if self.fan_in_fan_out:  # weight is [in, out] (transformers' Conv1D)
             return (self.b @ self.a[:, start:stop].contiguous()).T * self.scaling
-        return (self.b[start:stop] @ self.a) * self.scaling
+        return (self.b[start:stop] @ self.a).mul_(self.scaling)
 
 
 def _apply_block(block: torch.Tensor, op: LoraOp, start: int, stop: int) -> torch.Tensor:
-    """``block`` (rows start:stop of the weight, in the output dtype) with ``op`` merged."""
+    """``block`` (rows start:stop of the weight, in the output dtype) with ``op`` merged.
+
+    The float32 delta buffer is reused in place: ``delta + W`` equals PEFT's ``W + delta``
+    (IEEE addition is commutative), and it saves a float32 copy of the block.
+    """
     delta = op.delta_rows(start, stop)
     if op.kind == "embedding":
         return block + delta.to(block.dtype)
-    if op.magnitude is None:
-        return (block.float() + delta).to(block.dtype)
-    combined = block.float() + delta  # DoRA, rows are output features (fan_in_fan_out=False)
-    norm = _row_norm(combined)
-    factor = op.magnitude[start:stop] / norm
-    return (factor.view(-1, 1) * combined).to(block.dtype)
+    combined = delta.add_(block)
+    if op.magnitude is not None:  # DoRA, rows are output features (fan_in_fan_out=False)
+        norm = _row_norm(combined)
+        factor = op.magnitude[start:stop] / norm
+        combined.mul_(factor.view(-1, 1))
+    return combined.to(block.dtype)
 
 
 def _row_norm(matrix: torch.Tensor) -> torch.Tensor:

@@ -51,7 +51,7 @@ DTYPES = {"bf16": "BF16", "f16": "F16", "f32": "F32"}
 DTYPE_NAMES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_SHARD_BYTES = 5_000_000_000
-DEFAULT_BLOCK_BYTES = 32 * 1024 * 1024
+DEFAULT_BLOCK_BYTES = 4 * 1024 * 1024  # a block of float32 rows stays in cache
 
 # Tokenizer files are taken as a set, all from the adapter folder or all from the base.
 TOKENIZER_FILES = (
