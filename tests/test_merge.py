@@ -193,6 +193,12 @@ def test_sharded_output_loads_and_equals_the_single_file(adapters: Any, tmp_path
     )
     reference = load_tensors(single.merged_dir)
     assert set(ours) == set(reference) and all(ours[k].equal(reference[k]) for k in ours)
+    # shards are hashed while written: the manifest's records are the files' real hashes
+    outputs = json.loads((sharded.merged_dir / DIR_MANIFEST).read_text())["outputs"]
+    for name, record in outputs.items():
+        data = (sharded.merged_dir / name).read_bytes()
+        assert record["sha256"] == hashlib.sha256(data).hexdigest(), name
+        assert record["size"] == len(data), name
 
 
 def test_block_size_does_not_change_the_result(adapters: Any, tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from persona_export.merge.safetensors_io import (
     ShardWriter,
     plan_shards,
     read_bytes_into,
+    shard_names,
     write_index,
 )
 from persona_export.merge.tensors import LoraOp, merge_bias, merge_blocks, row_blocks, torch_dtype
@@ -239,6 +240,13 @@ def _shifted(op: LoraOp, start: int) -> LoraOp:
         return LoraOp(op.kind, a, op.b, op.scaling, op.fan_in_fan_out, op.magnitude, op.bias)
     magnitude = op.magnitude[start:] if op.magnitude is not None else None
     return LoraOp(op.kind, op.a, op.b[start:], op.scaling, op.fan_in_fan_out, magnitude, op.bias)
+
+
+def shard_files(plan: MergePlan, out_dir: Path, max_shard_bytes: int) -> list[Path]:
+    """The shard files :func:`execute` will write for ``plan`` (known before it starts, so
+    they can be hashed while they are written)."""
+    shards = plan_shards([t.out for t in plan.tensors], max_shard_bytes)
+    return [out_dir / name for name in shard_names(len(shards))]
 
 
 def execute(

@@ -29,7 +29,7 @@ from persona_export.artifacts import (
     Manifest,
     atomic_dir,
     is_fresh,
-    record_tree,
+    record_file,
     write_json_atomic,
 )
 from persona_export.errors import (
@@ -41,9 +41,14 @@ from persona_export.errors import (
 from persona_export.layout import DEFAULT_BASE_MODEL, Layout
 from persona_export.merge.adapter import Adapter, read_adapter
 from persona_export.merge.base_model import Checkpoint, read_checkpoint, resolve_base_model
-from persona_export.merge.execute import execute, make_comparer
+from persona_export.merge.execute import execute, make_comparer, shard_files
 from persona_export.merge.plan import MergePlan, describe, make_plan
-from persona_export.stages._hashing import BackgroundRecords, known_records, list_files
+from persona_export.stages._hashing import (
+    BackgroundRecords,
+    TailHasher,
+    known_records,
+    list_files,
+)
 
 STAGE = "merge"
 FORMAT_VERSION = 1  # bump when the output for the same inputs and options changes
@@ -358,9 +363,13 @@ def merge(
 
     known = known_records(manifest_file, "inputs")
     hashing = BackgroundRecords(inputs, known)
+    tail_hashers: dict[str, TailHasher] = {}
     _remove_stale_partials(merged_dir.parent, merged_dir.name)
     try:
         with atomic_dir(merged_dir) as tmp:
+            # the shards are hashed while they are written (the gguf stage reuses the hashes)
+            for path in shard_files(plan, tmp, config.max_shard_bytes):
+                tail_hashers[path.name] = TailHasher(path)
             written = execute(
                 plan,
                 adapter,
@@ -379,7 +388,10 @@ def merge(
             for name, path in carried.items():
                 shutil.copyfile(path, tmp / name)
             input_records: dict[str, FileRecord] = hashing.result()
-            outputs = record_tree(tmp)
+            outputs = {name: hasher.finish() for name, hasher in tail_hashers.items()}
+            for name, path in list_files(tmp).items():
+                if name not in outputs:
+                    outputs[name] = record_file(path)
             manifest = Manifest(
                 stage=STAGE,
                 options=options,
@@ -400,6 +412,8 @@ def merge(
             write_json_atomic(tmp / DIR_MANIFEST, manifest.to_json())
     except BaseException:
         hashing.cancel()
+        for hasher in tail_hashers.values():
+            hasher.stop()
         raise
     return _result(
         config,
