@@ -289,3 +289,25 @@ def test_cuda_merge_is_within_one_rounding_step_of_peft(
     allowed = 1 if CASES[case][3] == "bf16" else 8
     for name, tensor in ours.items():
         assert _max_ulp(tensor, reference[name]) <= allowed, name
+
+
+@pytest.mark.slow
+@pytest.mark.llama
+def test_merged_phi4mini_converts_with_the_pinned_converter(
+    tiny_phi4mini: Path, tmp_path: Path
+) -> None:
+    """The merged folder is what the gguf stage needs: the real converter takes it, keeps the
+    embeddings tied and the o200k tokenizer, and reuses the merge's output hashes."""
+    from persona_export.ggufcheck import read_gguf
+    from persona_export.stages.gguf import GgufConfig, run_gguf
+    from tests.ggufkit import project_layout
+
+    adapter = mk.make_adapter(tiny_phi4mini, tmp_path / "adapter", seed=11)
+    make_project(tmp_path, adapter)
+    run_merge(project_layout(tmp_path), tiny_phi4mini, block_bytes=1 << 20)
+    result = run_gguf(GgufConfig("cap", layout=project_layout(tmp_path)))
+    gguf = read_gguf(result.gguf_path)
+    assert gguf.architecture == "phi3"
+    assert gguf.metadata["tokenizer.ggml.pre"] == "gpt-4o"
+    assert gguf.token_count == mk.PHI4MINI_VOCAB_SIZE
+    assert gguf.tensor("output.weight") is None  # still tied
