@@ -1,0 +1,3 @@
+module persona-export/gotemplate
+
+go 1.18

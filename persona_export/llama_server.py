@@ -1,0 +1,214 @@
+"""The vendored llama-server, started for a check and always stopped: chat templates rendered
+by llama.cpp's own Jinja engine, its tokenizer, and greedy completions with stop words.
+
+The server listens on 127.0.0.1 on a free port, is waited for on ``/health`` with a deadline,
+and every request has a timeout. It is started with ``--special`` so that generated special
+tokens come back as text and stop words such as ``<|im_end|>`` match, as they do in Ollama
+(whose runner detokenizes with special tokens rendered).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from persona_export import vendor
+from persona_export.errors import ExternalToolError
+from persona_export.proc import tail
+
+START_TIMEOUT_S = 120.0
+REQUEST_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 10.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What ``/completion`` returned: the text and why generation ended (``eos``, ``word``
+    or ``limit``), with the stop word that matched."""
+
+    text: str
+    stop_type: str
+    stopping_word: str
+    tokens_predicted: int
+
+
+@dataclass(frozen=True)
+class LlamaServer:
+    """A running llama-server: its base URL and log file."""
+
+    url: str
+    log_path: Path
+    request_timeout_s: float = REQUEST_TIMEOUT_S
+
+    def _post(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        request = urllib.request.Request(
+            f"{self.url}{path}",
+            data=json.dumps(body).encode("utf-8"),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.request_timeout_s) as response:
+                data = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode("utf-8", "replace")[:500]
+            raise ExternalToolError(
+                f"llama-server {path} answered HTTP {exc.code}: {detail}",
+                f"see the server log {self.log_path}",
+            ) from exc
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise ExternalToolError(
+                f"llama-server {path} failed: {exc}", f"see the server log {self.log_path}"
+            ) from exc
+        if not isinstance(data, dict):
+            raise ExternalToolError(f"llama-server {path} returned {type(data).__name__}")
+        return data
+
+    def apply_template(self, messages: Sequence[Mapping[str, str]]) -> str:
+        """The prompt the GGUF's chat template gives ``messages`` (llama.cpp's Jinja engine,
+        with the generation prompt added)."""
+        data = self._post("/apply-template", {"messages": [dict(m) for m in messages]})
+        return str(data["prompt"])
+
+    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        """llama.cpp's token ids for ``text`` (special tokens parsed, BOS added when the
+        model adds one and ``add_special``), as a runtime tokenizes a rendered prompt."""
+        data = self._post(
+            "/tokenize", {"content": text, "add_special": add_special, "parse_special": True}
+        )
+        return [int(t) for t in data["tokens"]]
+
+    def complete(
+        self, prompt: str, *, stop: Sequence[str], n_predict: int, seed: int = 0
+    ) -> Completion:
+        """Greedy completion of ``prompt`` (temperature 0) that ends on an end-of-generation
+        token, one of ``stop``, or after ``n_predict`` tokens."""
+        data = self._post(
+            "/completion",
+            {
+                "prompt": prompt,
+                "n_predict": n_predict,
+                "temperature": 0.0,
+                "top_k": 1,
+                "seed": seed,
+                "stop": list(stop),
+                "cache_prompt": False,
+                "stream": False,
+            },
+        )
+        return Completion(
+            text=str(data.get("content", "")),
+            stop_type=str(data.get("stop_type", "")),
+            stopping_word=str(data.get("stopping_word", "")),
+            tokens_predicted=int(data.get("tokens_predicted", 0)),
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=STOP_TIMEOUT_S)
+
+
+def _log_tail(log_path: Path) -> str:
+    try:
+        return tail(log_path.read_text(encoding="utf-8", errors="replace"), 15)
+    except OSError:
+        return ""
+
+
+@contextmanager
+def llama_server(
+    gguf: Path,
+    log_dir: Path,
+    *,
+    ctx_size: int = 2048,
+    threads: int | None = None,
+    start_timeout_s: float = START_TIMEOUT_S,
+    request_timeout_s: float = REQUEST_TIMEOUT_S,
+) -> Iterator[LlamaServer]:
+    """Serve ``gguf`` with the vendored llama-server (``--jinja``, ``--special``) on a free
+    127.0.0.1 port; yield a :class:`LlamaServer` once ``/health`` answers.
+
+    The server is stopped on the way out, whatever happens. Raises ToolMissingError when the
+    server is not built, ExternalToolError when it exits or does not become healthy within
+    ``start_timeout_s`` (with the tail of its log).
+    """
+    binary = vendor.tool("llama-server")
+    port = free_port()
+    args = [
+        str(binary),
+        "--model",
+        str(gguf),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--jinja",
+        "--special",
+        "--ctx-size",
+        str(ctx_size),
+        "--threads",
+        str(threads or min(4, os.cpu_count() or 1)),
+        "--parallel",
+        "1",
+        "--no-webui",
+        "--no-warmup",
+    ]
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"llama-server-{port}.log"
+    if os.environ.get("PERSONA_EXPORT_DEBUG"):
+        print(f"$ {shlex.join(args)}", file=sys.stderr)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+    server = LlamaServer(f"http://127.0.0.1:{port}", log_path, request_timeout_s)
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise ExternalToolError(
+                    f"llama-server exited with code {proc.returncode} while loading {gguf}:\n"
+                    f"{_log_tail(log_path)}",
+                    f"full log: {log_path}",
+                )
+            try:
+                with urllib.request.urlopen(f"{server.url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise ExternalToolError(
+                    f"llama-server did not answer /health within {start_timeout_s:.0f} s:\n"
+                    f"{_log_tail(log_path)}",
+                    f"full log: {log_path}",
+                )
+            time.sleep(0.1)
+        yield server
+    finally:
+        _stop(proc)
