@@ -11,6 +11,9 @@ from persona_export.cli import gguf as _gguf  # noqa: F401
 from persona_export.cli import quantize as _quantize  # noqa: F401
 from persona_export.cli import modelfile as _modelfile  # noqa: F401
 from persona_export.cli import ollama as _ollama  # noqa: F401
+from persona_export.cli import verify as _verify  # noqa: F401
+from persona_export.cli import export as _export  # noqa: F401
+from persona_export.cli import demo as _demo  # noqa: F401
 from persona_export.cli._app import app, main
 
 # The top-level help ends with one example per command, taken from each command's epilog.
