@@ -4,11 +4,14 @@ the floor of reading each input once and writing each output once at this disk's
 
     .venv/bin/python bench/bench_gguf.py [--quant-type Q4_K_M] [--work-dir DIR] [--keep]
 
-Both sides convert the same folder with the same options (``--outtype f16 --model-name
-bench``), so their F16 GGUFs must be byte-identical, and so must their Q4_K_M GGUFs; the
-script checks that. "Ours" starts with no hash cache: it hashes the 7.7 GB input and both
-outputs (the input while the converter runs, the F16 as it is written, the Q4_K_M after
-llama-quantize). The functions are importable for the whole-chain benchmark.
+Both sides convert folders of the same name with the same options (``--outtype f16
+--model-name bench``), so their GGUFs must be byte-identical; the script checks that. Our
+gguf stage runs twice: as after our merge stage (the merge manifest holds the input hashes)
+and cold (it hashes the 7.7 GB input too, while the converter runs). Steps are interleaved
+(hand, ours, hand, ours) so both sides see similar load from other processes, each input is
+read once beforehand so both start from the page cache, and CPU time (user + sys, children
+included) is reported beside wall time because this machine is shared. The functions are
+importable for the whole-chain benchmark (bench/bench_chain.py).
 """
 
 from __future__ import annotations
@@ -16,10 +19,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import resource
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,14 +36,45 @@ sys.path.insert(0, str(REPO / "bench"))
 from synthetic_base import BENCH_CACHE, ensure_phi4mini_synthetic  # noqa: E402
 
 from persona_export import vendor  # noqa: E402
+from persona_export.artifacts import (  # noqa: E402
+    DIR_MANIFEST,
+    Manifest,
+    record_tree,
+    write_json_atomic,
+)
 from persona_export.layout import Layout  # noqa: E402
 
 PERSONA = "bench"
 
 
-def _timed(argv: list[str], env: dict[str, str] | None = None, log: Path | None = None) -> float:
-    started = time.perf_counter()
-    with open(log or os.devnull, "w") as out:
+@dataclass(frozen=True)
+class Timing:
+    """Wall seconds and CPU seconds (user + sys of this process and its children)."""
+
+    wall: float
+    cpu: float
+
+    def __float__(self) -> float:
+        return self.wall
+
+
+def _cpu() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+@contextmanager
+def measure(into: list[Timing]) -> Iterator[None]:
+    """Append the wall and CPU time of the block to ``into``."""
+    wall, cpu = time.perf_counter(), _cpu()
+    yield
+    into.append(Timing(time.perf_counter() - wall, _cpu() - cpu))
+
+
+def _run(argv: list[str], env: dict[str, str] | None = None, log: Path | None = None) -> Timing:
+    got: list[Timing] = []
+    with measure(got), open(log or os.devnull, "w") as out:
         subprocess.run(
             argv,
             check=True,
@@ -45,39 +83,54 @@ def _timed(argv: list[str], env: dict[str, str] | None = None, log: Path | None 
             env=env,
             stdin=subprocess.DEVNULL,
         )
-    return time.perf_counter() - started
+    return got[0]
 
 
-def by_hand_convert(merged_dir: Path, f16: Path, model_name: str = PERSONA) -> float:
-    """`python convert_hf_to_gguf.py DIR --outfile F16 --outtype f16`: seconds."""
+def by_hand_convert(merged_dir: Path, f16: Path, model_name: str = PERSONA) -> Timing:
+    """`python convert_hf_to_gguf.py DIR --outfile F16 --outtype f16 --model-name NAME`."""
     env = {**os.environ, **vendor.converter_env()}
     argv = [sys.executable, str(vendor.converter_script()), str(merged_dir)]
     argv += ["--outfile", str(f16), "--outtype", "f16", "--model-name", model_name]
-    return _timed(argv, env, f16.with_name(f16.name + ".log"))
+    return _run(argv, env, f16.with_name(f16.name + ".log"))
 
 
-def by_hand_quantize(f16: Path, out: Path, quant_type: str = "Q4_K_M") -> float:
-    """`llama-quantize F16 OUT TYPE`: seconds (llama-quantize's default threads: all)."""
+def by_hand_quantize(f16: Path, out: Path, quant_type: str = "Q4_K_M") -> Timing:
+    """`llama-quantize F16 OUT TYPE` (its default threads: every core)."""
     argv = [str(vendor.tool("llama-quantize")), str(f16), str(out), quant_type]
-    return _timed(argv, log=out.with_name(out.name + ".log"))
+    return _run(argv, log=out.with_name(out.name + ".log"))
 
 
-def ours_gguf(layout: Layout, persona: str = PERSONA) -> float:
-    """`persona-export gguf` (the stage, in this process): seconds."""
+def ours_gguf(layout: Layout, persona: str = PERSONA) -> Timing:
+    """Our gguf stage (in this process, as `persona-export gguf` runs it)."""
     from persona_export.stages.gguf import GgufConfig, run_gguf
 
-    started = time.perf_counter()
-    run_gguf(GgufConfig(persona, layout=layout, outtype="f16"))
-    return time.perf_counter() - started
+    got: list[Timing] = []
+    with measure(got):
+        run_gguf(GgufConfig(persona, layout=layout, outtype="f16"))
+    return got[0]
 
 
-def ours_quantize(layout: Layout, persona: str = PERSONA, quant_type: str = "Q4_K_M") -> float:
-    """`persona-export quantize` (the stage, in this process): seconds."""
+def ours_quantize(layout: Layout, persona: str = PERSONA, quant_type: str = "Q4_K_M") -> Timing:
+    """Our quantize stage (in this process, as `persona-export quantize` runs it)."""
     from persona_export.stages.quantize import QuantizeConfig, run_quantize
 
-    started = time.perf_counter()
-    run_quantize(QuantizeConfig(persona, layout=layout, quant_types=(quant_type,)))
-    return time.perf_counter() - started
+    got: list[Timing] = []
+    with measure(got):
+        run_quantize(QuantizeConfig(persona, layout=layout, quant_types=(quant_type,)))
+    return got[0]
+
+
+def merged_like(base: Path, merged_dir: Path, *, with_manifest: bool) -> Path:
+    """A merged folder of symlinks to ``base``'s files; ``with_manifest`` adds the manifest
+    our merge stage writes (its output records: the file hashes), as after `merge`."""
+    merged_dir.mkdir(parents=True)
+    for item in base.iterdir():
+        (merged_dir / item.name).symlink_to(item)
+    if with_manifest:
+        outputs = record_tree(merged_dir)
+        manifest = Manifest("merge", {}, {}, outputs, 0.0, {"note": "bench stand-in"})
+        write_json_atomic(merged_dir / DIR_MANIFEST, manifest.to_json())
+    return merged_dir
 
 
 def disk_speed(folder: Path, nbytes: int = 4 << 30) -> tuple[float, float]:
@@ -146,66 +199,82 @@ def main() -> None:
     base = args.base.resolve() if args.base else ensure_phi4mini_synthetic()
     work: Path = args.work_dir
     shutil.rmtree(work, ignore_errors=True)
-    layout = Layout(merged_base=work / "merged_models", gguf_base=work / "gguf_models")
-    merged = layout.merged(PERSONA)
-    merged.parent.mkdir(parents=True)
-    merged.symlink_to(base, target_is_directory=True)  # both sides convert the same path
+    warm = Layout(merged_base=work / "warm" / "merged_models", gguf_base=work / "warm" / "gguf")
+    cold = Layout(merged_base=work / "cold" / "merged_models", gguf_base=work / "cold" / "gguf")
+    merged_like(base, warm.merged(PERSONA), with_manifest=True)
+    merged_like(base, cold.merged(PERSONA), with_manifest=False)
     hand_dir = work / "by-hand"
     hand_dir.mkdir()
-    print(f"# {vendor.commit()=}, {os.cpu_count()} cores, input {base}")
+    hand_f16 = hand_dir / f"{PERSONA}-F16.gguf"
+    hand_q = hand_dir / f"{PERSONA}-{args.quant_type}.gguf"
+    print(f"# llama.cpp {vendor.commit()}, {os.cpu_count()} cores, input {base}")
     print(f"# before: {_load()}")
     read_bps, write_bps = disk_speed(work, int(args.probe_gib * (1 << 30)))
     base_bytes = _folder_bytes(base)
 
-    try:
-        _warm(base)
-        hand_f16 = hand_dir / f"{PERSONA}-F16.gguf"
-        hand_q = hand_dir / f"{PERSONA}-{args.quant_type}.gguf"
-        t_hand_convert = by_hand_convert(merged, hand_f16)
-        print(f"# by hand: convert {t_hand_convert:.1f} s ({_load()})", flush=True)
-        t_hand_quant = by_hand_quantize(hand_f16, hand_q, args.quant_type)
-        print(f"# by hand: quantize {t_hand_quant:.1f} s ({_load()})", flush=True)
-        f16_bytes, q_bytes = hand_f16.stat().st_size, hand_q.stat().st_size
-        hand_hashes = (_sha256(hand_f16), _sha256(hand_q))
-        hand_f16.unlink()  # free the page cache and disk for our side
-        hand_q.unlink()
+    def step(name: str, run: Callable[[], Timing], warm_first: Path) -> Timing:
+        _warm(warm_first)
+        timing = run()
+        print(f"# {name}: {timing.wall:.1f} s wall, {timing.cpu:.1f} s CPU ({_load()})", flush=True)
+        return timing
 
-        _warm(base)
-        t_ours_convert = ours_gguf(layout)
-        print(f"# ours: gguf {t_ours_convert:.1f} s ({_load()})", flush=True)
-        t_ours_quant = ours_quantize(layout, quant_type=args.quant_type)
-        print(f"# ours: quantize {t_ours_quant:.1f} s ({_load()})", flush=True)
-        ours_f16 = layout.gguf(PERSONA, "F16")
-        ours_q = layout.gguf(PERSONA, args.quant_type)
-        same = (_sha256(ours_f16), _sha256(ours_q)) == hand_hashes
+    try:
+        hand_convert = step(
+            "by hand: convert", lambda: by_hand_convert(warm.merged(PERSONA), hand_f16), base
+        )
+        ours_convert = step("ours: gguf (after merge)", lambda: ours_gguf(warm), base)
+        ours_cold = step("ours: gguf (cold)", lambda: ours_gguf(cold), base)
+        f16_bytes = hand_f16.stat().st_size
+        hand_hash = _sha256(hand_f16)
+        same = [_sha256(warm.gguf(PERSONA, "F16")) == hand_hash]
+        same.append(_sha256(cold.gguf(PERSONA, "F16")) == hand_hash)
+        shutil.rmtree(cold.gguf_base)
+        hand_quant = step(
+            "by hand: quantize",
+            lambda: by_hand_quantize(hand_f16, hand_q, args.quant_type),
+            hand_f16,
+        )
+        q_bytes = hand_q.stat().st_size
+        hand_hash = _sha256(hand_q)
+        hand_f16.unlink()
+        ours_quant = step(
+            "ours: quantize",
+            lambda: ours_quantize(warm, quant_type=args.quant_type),
+            warm.gguf(PERSONA, "F16"),
+        )
+        same.append(_sha256(warm.gguf(PERSONA, args.quant_type)) == hand_hash)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
     floor_convert = base_bytes / read_bps + f16_bytes / write_bps
     floor_quant = f16_bytes / read_bps + q_bytes / write_bps
+    both = Timing(hand_convert.wall + hand_quant.wall, hand_convert.cpu + hand_quant.cpu)
+    ours_both = Timing(ours_convert.wall + ours_quant.wall, ours_convert.cpu + ours_quant.cpu)
     rows = [
-        ("gguf (F16)", t_hand_convert, t_ours_convert, floor_convert),
-        (f"quantize ({args.quant_type})", t_hand_quant, t_ours_quant, floor_quant),
-        (
-            "both",
-            t_hand_convert + t_hand_quant,
-            t_ours_convert + t_ours_quant,
-            floor_convert + floor_quant,
-        ),
+        ("gguf F16 (after merge)", hand_convert, ours_convert, floor_convert),
+        ("gguf F16 (cold)", hand_convert, ours_cold, floor_convert),
+        (f"quantize {args.quant_type}", hand_quant, ours_quant, floor_quant),
+        ("gguf + quantize", both, ours_both, floor_convert + floor_quant),
     ]
     print(
-        f"# disk: read {read_bps / 1e6:.0f} MB/s, write {write_bps / 1e6:.0f} MB/s ({args.probe_gib:g} GiB probe)"
+        f"# disk: read {read_bps / 1e6:.0f} MB/s, write {write_bps / 1e6:.0f} MB/s "
+        f"({args.probe_gib:g} GiB probe)"
     )
     print(
         f"# sizes: input {base_bytes / 1e9:.2f} GB, F16 {f16_bytes / 1e9:.2f} GB, "
-        f"{args.quant_type} {q_bytes / 1e9:.2f} GB; outputs byte-identical: {same}"
+        f"{args.quant_type} {q_bytes / 1e9:.2f} GB; byte-identical to by hand: {all(same)}"
     )
     print(f"# after: {_load()}")
-    print(f"{'step':<20}{'by hand':>10}{'ours':>10}{'ours/hand':>11}{'floor':>9}")
+    print(
+        f"{'step':<24}{'by hand':>9}{'ours':>9}{'ratio':>8}{'CPU hand':>10}{'CPU ours':>10}{'ratio':>8}{'floor':>8}"
+    )
     for name, hand, ours, floor in rows:
-        print(f"{name:<20}{hand:>9.1f}s{ours:>9.1f}s{ours / hand:>10.3f}x{floor:>8.1f}s")
-    if not same:
+        print(
+            f"{name:<24}{hand.wall:>8.1f}s{ours.wall:>8.1f}s{ours.wall / hand.wall:>7.3f}x"
+            f"{hand.cpu:>9.1f}s{ours.cpu:>9.1f}s{ours.cpu / hand.cpu:>7.3f}x{floor:>7.1f}s"
+        )
+    if not all(same):
         sys.exit("the two sides wrote different files: the comparison is void")
 
 
