@@ -77,3 +77,34 @@ def gpt2_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests import modelkit as mk
 
     return mk.make_gpt2(tmp_path_factory.mktemp("merge-gpt2") / "base")
+
+
+# --------------------------------------------------------------------------------------
+# verify / export / demo (tests/test_verify*.py, tests/test_export*.py, tests/test_demo*.py;
+# helpers in tests/verifykit.py). Shared: copy with verifykit.copy_project before changing
+# anything.
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def steered_project(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A tiny Phi-4-mini (o200k tokenizer) steered to end its answers on <|end|>, with the
+    adapter of persona ``cap`` and a personas file; nothing exported."""
+    from tests.verifykit import make_project
+
+    return make_project(tmp_path_factory.mktemp("verify") / "project")
+
+
+@pytest.fixture(scope="session")
+def exported_project(tmp_path_factory: pytest.TempPathFactory, steered_project):  # type: ignore[no-untyped-def]
+    """``steered_project`` copied and exported by the stages: merged model, F16, Q4_K_M and
+    Q8_0 GGUFs, Modelfile (FROM the Q4_K_M). Needs the vendored llama.cpp tools."""
+    from persona_export.errors import ToolMissingError
+    from tests.verifykit import copy_project, export_project
+
+    try:
+        return export_project(
+            copy_project(steered_project, tmp_path_factory.mktemp("exported") / "p")
+        )
+    except ToolMissingError as exc:
+        pytest.skip(f"{exc.message} ({exc.hint})")

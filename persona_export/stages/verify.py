@@ -318,6 +318,27 @@ def _logits_check(name: str, cmp: Comparison, nmse_max: float, top1_min: float) 
     return Check(name, PASSED if ok else FAILED, summary, figures)
 
 
+def _merge_check(cmp: Comparison, nmse_max: float, top1_min: float) -> Check:
+    """Top-1 is judged where the PEFT model's choice is clear: rounding the merged weights
+    to the checkpoint's dtype may swap near-tied tokens, nothing more."""
+    decisive = 1.0 - cmp.decisive_mismatches / cmp.positions
+    ok = cmp.nmse <= nmse_max and decisive >= top1_min
+    ties = cmp.top1_mismatches - cmp.decisive_mismatches
+    summary = (
+        f"NMSE {_fmt(cmp.nmse)} (max {_fmt(nmse_max)}), top-1 {_pct(decisive)} "
+        f"(min {_pct(top1_min)}) over {cmp.positions} positions"
+    )
+    if ties:
+        summary += f" ({ties} near-tie{'s' if ties > 1 else ''} swapped by rounding)"
+    figures = {
+        **cmp.to_json(),
+        "nmse_max": nmse_max,
+        "top1_min": top1_min,
+        "decisive_top1_agreement": decisive,
+    }
+    return Check("peft-vs-merged", PASSED if ok else FAILED, summary, figures)
+
+
 def _kl_check(name: str, cmp: Comparison, kl_max: float) -> Check:
     ok = cmp.kl_mean <= kl_max
     summary = (
@@ -392,10 +413,11 @@ def _logit_checks(
     _progress(f"base + adapter through PEFT ({base_dir})")
     peft = peft_logits(base_dir, adapter_dir, ids, dtype=config.hf_dtype)
     gc.collect()
+    # A swap counts only where PEFT's lead exceeds the error the NMSE bound allows.
+    tie_rel = 2 * bounds.peft_nmse_max**0.5
     checks.append(
-        _logits_check(
-            "peft-vs-merged",
-            compare(zip(peft, merged, strict=True)),
+        _merge_check(
+            compare(zip(peft, merged, strict=True), tie_rel=tie_rel),
             bounds.peft_nmse_max,
             bounds.peft_top1_min,
         )

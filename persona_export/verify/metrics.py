@@ -5,7 +5,10 @@ a long prompt set never needs one huge array, and returns figures over all posit
 
 * NMSE = sum((a - b)^2) / sum(a^2): the error relative to the logits' own size, so it means
   the same for a model whose logits are small (random weights) or large (a trained model).
-* top-1 agreement: the share of positions where both pick the same next token.
+* top-1 agreement: the share of positions where both pick the same next token. Where the
+  reference's two best tokens nearly tie, any rounding can swap them; ``decisive_mismatches``
+  counts only the positions where the reference's choice leads the other's by more than
+  ``tie_rel`` times the position's RMS logit (an error beyond the rounding a bound allows).
 * KL(p_ref || p_other), mean over positions, in nats: how much the quantized model's next-token
   distribution differs where the reference puts its probability.
 * the reference's mean entropy relative to the uniform distribution: near 1.0 means the
@@ -36,6 +39,7 @@ class Comparison:
     max_abs_diff: float
     top1_agreement: float
     top1_mismatches: int
+    decisive_mismatches: int
     kl_mean: float
     kl_max: float
     ref_entropy_ratio: float
@@ -48,6 +52,7 @@ class Comparison:
             "max_abs_diff": self.max_abs_diff,
             "top1_agreement": self.top1_agreement,
             "top1_mismatches": self.top1_mismatches,
+            "decisive_mismatches": self.decisive_mismatches,
             "kl_mean": self.kl_mean,
             "kl_max": self.kl_max,
             "ref_entropy_ratio": self.ref_entropy_ratio,
@@ -60,12 +65,13 @@ def _log_softmax(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     return out
 
 
-def compare(pairs: Iterable[tuple[Array, Array]]) -> Comparison:
+def compare(pairs: Iterable[tuple[Array, Array]], *, tie_rel: float = 0.0) -> Comparison:
     """Compare ``(reference, other)`` logits, prompt by prompt (equal shapes per pair; only
-    the common leading vocabulary columns are compared when the widths differ)."""
+    the common leading vocabulary columns are compared when the widths differ). ``tie_rel``:
+    see ``decisive_mismatches`` in the module docstring."""
     sq_err = sq_ref = 0.0
     max_abs = 0.0
-    agree = positions = 0
+    agree = positions = decisive = 0
     kl_sum = 0.0
     kl_max = 0.0
     entropy_sum = 0.0
@@ -82,7 +88,12 @@ def compare(pairs: Iterable[tuple[Array, Array]]) -> Comparison:
             sq_err += float(np.square(diff).sum())
             sq_ref += float(np.square(ref).sum())
             max_abs = max(max_abs, float(np.abs(diff).max(initial=0.0)))
-            agree += int((ref.argmax(axis=-1) == oth.argmax(axis=-1)).sum())
+            rows = np.arange(ref.shape[0])
+            top_ref, top_oth = ref.argmax(axis=-1), oth.argmax(axis=-1)
+            agree += int((top_ref == top_oth).sum())
+            lead = ref[rows, top_ref] - ref[rows, top_oth]
+            rms = np.sqrt(np.square(ref).mean(axis=-1))
+            decisive += int(((top_ref != top_oth) & (lead > tie_rel * rms)).sum())
             positions += ref.shape[0]
             log_p = _log_softmax(ref)
             log_q = _log_softmax(oth)
@@ -100,6 +111,7 @@ def compare(pairs: Iterable[tuple[Array, Array]]) -> Comparison:
         max_abs_diff=max_abs,
         top1_agreement=agree / positions,
         top1_mismatches=positions - agree,
+        decisive_mismatches=decisive,
         kl_mean=max(kl_sum / positions, 0.0),
         kl_max=max(kl_max, 0.0),
         ref_entropy_ratio=entropy_sum / positions / math.log(vocab) if vocab > 1 else 0.0,
