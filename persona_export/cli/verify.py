@@ -104,6 +104,14 @@ def verify(
         int | None,
         typer.Option("--threads", help="Threads for llama.cpp (default: every core)."),
     ] = None,
+    hf_dtype: Annotated[
+        str,
+        typer.Option(
+            "--hf-dtype",
+            help="Type the PEFT and merged models run in: float32 (exact; 4 bytes per "
+            "parameter of RAM) or bfloat16 (half the memory, looser figures).",
+        ),
+    ] = "float32",
     adapter_dir: AdapterDir = DEFAULTS["adapter_dir"],
     output_dir_base: MergedDir = DEFAULTS["merged_dir"],
     gguf_dir: GgufDir = DEFAULTS["gguf_dir"],
@@ -132,6 +140,7 @@ def verify(
         kl_max=parse_kl_overrides(kl_max or []),
         max_tokens=max_tokens,
         threads=threads,
+        hf_dtype=hf_dtype,
         force=force,
     )
     result = run_verify(config)

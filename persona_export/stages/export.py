@@ -9,6 +9,7 @@ the others; each gets its own outcome.
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -240,7 +241,7 @@ def _export_one(config: ExportConfig, persona: str) -> PersonaExport:
                 )
             )
             detail = (
-                f"Ollama not found; register later with: {' '.join(registered.command)}"
+                f"Ollama not found; register later with: {shlex.join(registered.command)}"
                 if registered.method == "none"
                 else f"registered as {registered.model_name} ({registered.method})"
             )
