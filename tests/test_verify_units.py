@@ -85,6 +85,8 @@ def test_shipped_prompts_and_bounds() -> None:
     assert all(c[-1]["role"] == "user" for c in conversations)
     bounds = load_bounds()
     assert (bounds.nmse_max, bounds.top1_min) == (1e-3, 0.99)
+    assert bounds.peft_nmse_max == 1e-3  # 16-bit merged weights: rounding allowed
+    assert load_bounds(merged_dtype="float32").peft_nmse_max == 1e-6
     assert bounds.kl_bound("q8_0") == 0.05
     assert bounds.kl_bound("Q4_K_M") == 0.3
     assert bounds.kl_bound("TQ1_0") == bounds.kl_default
@@ -182,3 +184,18 @@ def test_verify_command_bad_persona_name() -> None:
     run = CliRunner().invoke(app, ["verify", "--persona", "../x"])
     assert run.exit_code == 2
     assert "invalid persona name '../x'" in run.stderr
+
+
+def test_memory_preflight(tmp_path: Path) -> None:
+    from persona_export.errors import PersonaExportError
+    from persona_export.stages.verify import check_memory
+
+    (tmp_path / "config.json").write_text('{"torch_dtype": "bfloat16"}')
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * (1 << 20))  # 0.5 M bf16 params
+    check_memory(tmp_path, "float32", available=8 << 30)
+    with pytest.raises(PersonaExportError) as err:
+        check_memory(tmp_path, "float32", available=1 << 20)
+    assert err.value.message == (
+        "verify needs about 0.5 GiB of RAM to run the models in float32; 0.0 GiB is available"
+    )
+    assert err.value.hint.startswith("pass --hf-dtype bfloat16")

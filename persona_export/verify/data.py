@@ -97,12 +97,14 @@ def _number(table: Mapping[str, Any], key: str, where: str) -> float:
 
 def load_bounds(
     *,
+    merged_dtype: str = "bfloat16",
     peft_nmse_max: float | None = None,
     nmse_max: float | None = None,
     top1_min: float | None = None,
     kl_max: Mapping[str, float] | None = None,
 ) -> Bounds:
-    """The shipped bounds with the given overrides applied."""
+    """The shipped bounds with the given overrides applied. The merge check's NMSE bound
+    depends on the merged checkpoint's dtype (``float32``: exact; 16-bit: rounding)."""
     path = bounds_path()
     data = _read(path, "bounds")
     peft = data.get("peft_vs_merged", {})
@@ -113,7 +115,11 @@ def load_bounds(
     kl = {k.upper(): _number(kl_table, k, f"{path} [kl_max]") for k in kl_table if k != "default"}
     kl.update({k.upper(): v for k, v in (kl_max or {}).items()})
     bounds = Bounds(
-        peft_nmse_max=_number(peft, "nmse_max", f"{path} [peft_vs_merged]"),
+        peft_nmse_max=_number(
+            peft,
+            "nmse_max_float32" if merged_dtype == "float32" else "nmse_max",
+            f"{path} [peft_vs_merged]",
+        ),
         peft_top1_min=_number(peft, "top1_min", f"{path} [peft_vs_merged]"),
         nmse_max=_number(hf, "nmse_max", f"{path} [hf_vs_gguf]"),
         top1_min=_number(hf, "top1_min", f"{path} [hf_vs_gguf]"),
