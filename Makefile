@@ -20,6 +20,9 @@ MERGED_DIR  ?= merged_models
 GGUF_DIR    ?= gguf_models
 MERGE_ARGS  ?=
 EXPORT_ARGS ?=
+OLLAMA_ARGS ?=
+# a personas TOML of your own, read after templates/personas.toml and ./personas.toml
+PERSONAS    ?=
 
 ADAPTER   := $(ADAPTER_DIR)/$(persona)_final_adapter
 MERGED    := $(MERGED_DIR)/$(persona)/persona_export_manifest.json
@@ -28,7 +31,8 @@ QUANT_GGUF:= $(GGUF_DIR)/$(persona)/$(persona)-$(QUANT).gguf
 MODELFILE := $(GGUF_DIR)/$(persona)/Modelfile
 DIRS      := --adapter-dir $(ADAPTER_DIR) --output-dir-base $(MERGED_DIR) --gguf-dir $(GGUF_DIR)
 
-.PHONY: help setup vendor test test-fast lint format demo bench bench-merge bench-chain \
+.PHONY: help setup vendor test test-fast lint format demo bench bench-merge bench-gguf \
+        bench-chain bench-export \
         merge gguf quantize modelfile ollama verify export doctor clean-build need-persona
 
 help:
@@ -38,7 +42,8 @@ help:
 	@echo "make lint                        ruff + mypy"
 	@echo "make persona=NAME merge|gguf|quantize|modelfile|ollama|verify"
 	@echo "                                 run the chain up to that stage (QUANT=$(QUANT), BASE_MODEL=...)"
-	@echo "make bench-merge | bench-chain   benchmarks on a full-size synthetic Phi-4-mini"
+	@echo "make bench-merge|bench-gguf|bench-chain|bench-export"
+	@echo "                                 benchmarks on a full-size synthetic Phi-4-mini (make bench: all)"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -87,8 +92,8 @@ $(F16_GGUF): $(MERGED) | setup
 $(QUANT_GGUF): $(F16_GGUF)
 	$(PE) quantize --persona $(persona) --type $(QUANT) --source $(OUTTYPE) $(DIRS)
 
-$(MODELFILE): $(QUANT_GGUF) $(wildcard templates/*) $(wildcard templates/*/*)
-	$(PE) modelfile --persona $(persona) --quant $(QUANT) $(DIRS)
+$(MODELFILE): $(QUANT_GGUF) $(wildcard templates/*) $(wildcard templates/*/*) $(wildcard personas.toml) $(PERSONAS)
+	$(PE) modelfile --persona $(persona) --quant $(QUANT) $(DIRS) $(if $(PERSONAS),--personas $(PERSONAS))
 
 merge: need-persona $(MERGED)
 gguf: need-persona $(F16_GGUF)
@@ -96,13 +101,13 @@ quantize: need-persona $(QUANT_GGUF)
 modelfile: need-persona $(MODELFILE)
 
 ollama: need-persona $(MODELFILE)
-	$(PE) ollama --persona $(persona) $(DIRS)
+	$(PE) ollama --persona $(persona) $(DIRS) $(OLLAMA_ARGS)
 
 verify: need-persona $(MODELFILE)
 	$(PE) verify --persona $(persona) --quant $(QUANT) --base-model-id $(BASE_MODEL) $(DIRS)
 
 export: need-persona setup
-	$(PE) export --persona $(persona) --base-model-id $(BASE_MODEL) --quant $(QUANT) $(DIRS) $(EXPORT_ARGS)
+	$(PE) export --persona $(persona) --base-model-id $(BASE_MODEL) --quant $(QUANT) $(DIRS) $(if $(PERSONAS),--personas $(PERSONAS)) $(EXPORT_ARGS)
 
 # --- demo and benchmarks ------------------------------------------------------------------
 demo: setup
@@ -111,7 +116,13 @@ demo: setup
 bench-merge: setup
 	$(PY) bench/bench_merge.py
 
+bench-gguf: setup
+	$(PY) bench/bench_gguf.py
+
 bench-chain: setup
 	$(PY) bench/bench_chain.py
 
-bench: bench-merge bench-chain
+bench-export: setup
+	$(PY) bench/bench_export.py
+
+bench: bench-merge bench-gguf bench-chain bench-export

@@ -25,19 +25,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from bench_merge import ensure_adapter  # noqa: E402
 from synthetic_base import BENCH_CACHE, ensure_phi4mini_synthetic  # noqa: E402
 
 PE = str(Path(sys.executable).parent / "persona-export")
 PERSONA = "cap"
-
-
-def _adapter(base: Path) -> Path:
-    adapter = BENCH_CACHE / "phi4mini-synthetic-lora-r16"
-    if not (adapter / "adapter_model.safetensors").is_file():
-        from tests import modelkit as mk
-
-        mk.make_synthetic_adapter(base, adapter, r=16)
-    return adapter
 
 
 def _timed(args: list[str]) -> tuple[float, float, int]:
@@ -69,7 +61,7 @@ def main() -> None:
     args = parser.parse_args()
 
     base = ensure_phi4mini_synthetic()
-    adapter = _adapter(base)
+    adapter = ensure_adapter(base)
     root = args.work_dir
     adapters = root / "trained_adapters"
     (adapters / f"{PERSONA}_final_adapter").mkdir(parents=True, exist_ok=True)

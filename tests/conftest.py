@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gotemplate_runner import GoTemplateRenderer, build_renderer
+from tests.gotemplate_runner import GoTemplateRenderer, renderer_or_skip
 
 # --------------------------------------------------------------------------------------
 # gguf / quantize (tests/test_gguf*.py, tests/test_quantize*.py; helpers in tests/ggufkit.py)
@@ -38,15 +38,15 @@ def phi4mini_project(tmp_path_factory: pytest.TempPathFactory, tiny_phi4mini: Pa
 
 # --------------------------------------------------------------------------------------
 # modelfile / ollama (tests/test_modelfile*.py, tests/test_chat_formats*.py,
-# tests/test_ollama*.py; helpers in tests/gotemplate/, tests/modelfile_parser.py)
+# tests/test_ollama*.py; helpers in tests/gotemplate_runner.py, tests/modelfile_parser.py)
 # --------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
-def go_template(tmp_path_factory: pytest.TempPathFactory) -> GoTemplateRenderer:
+def go_template() -> GoTemplateRenderer:
     """Renders Ollama TEMPLATEs with Go's text/template the way Ollama does (the program in
-    tests/gotemplate/, built once per session). Skips when Go is not installed."""
-    return build_renderer(tmp_path_factory.mktemp("gotemplate"))
+    persona_export/gotemplate/, built once into the cache). Skips when Go is not installed."""
+    return renderer_or_skip()
 
 
 # --------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The Go renderer of the tests (tests/gotemplate/) reproduces Ollama's own template tests, in
+"""The Go renderer (persona_export/gotemplate/) reproduces Ollama's own template tests, in
 both of Ollama's modes: messages mode (.Messages, rendered once) and legacy mode (.System,
 .Prompt, .Response per turn, everything after .Response cut on the last turn).
 

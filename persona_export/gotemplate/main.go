@@ -1,6 +1,6 @@
 // Command gotemplate renders Ollama Modelfile TEMPLATEs the way Ollama does, for
 // `persona-export verify` (built on demand into the cache by persona_export/gotemplate).
-// It is the tests' renderer (tests/gotemplate/main.go) with file arguments added.
+// The tests use it too (tests/gotemplate_runner.py).
 //
 // Usage: gotemplate [IN.json [OUT.json]]. It reads one JSON object (IN.json, else stdin),
 // {"cases": [{"template": "...", "messages": [...], "system": "..."}]}, and writes

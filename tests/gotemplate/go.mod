@@ -1,3 +1,0 @@
-module persona-export/gotemplate
-
-go 1.18
