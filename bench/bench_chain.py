@@ -41,17 +41,7 @@ from synthetic_base import BENCH_CACHE, ensure_phi4mini_synthetic  # noqa: E402
 from persona_export import vendor  # noqa: E402
 from persona_export.ggufcheck import read_gguf  # noqa: E402
 from persona_export.layout import Layout  # noqa: E402
-
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-    "chat_template.jinja",
-)
+from persona_export.stages.merge import TOKENIZER_FILES  # noqa: E402
 
 
 def _child(*args: str) -> Timing:

@@ -13,6 +13,13 @@ from tests.gotemplate_runner import GoTemplateRenderer, renderer_or_skip
 # --------------------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def _no_debug(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Errors print as users see them (one line, no traceback) unless a test sets the
+    debug variable itself."""
+    monkeypatch.delenv("PERSONA_EXPORT_DEBUG", raising=False)
+
+
 @pytest.fixture(scope="session")
 def tiny_phi4mini(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Phi-4-mini-shaped HF folder (o200k tokenizer, bf16 weights): a valid merged

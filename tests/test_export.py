@@ -10,23 +10,14 @@ import pytest
 from typer.testing import CliRunner
 
 from persona_export.cli import app
+from tests.modelfile_kit import layout_args
 from tests.verifykit import PERSONA, Project, copy_project, project_layout
 
 OLLAMA_HERE = shutil.which("ollama") is not None
 
 
 def _args(project_root: Path, *extra: str) -> list[str]:
-    layout = project_layout(project_root)
-    return [
-        "export",
-        "--adapter-dir",
-        str(layout.adapter_dir),
-        "--output-dir-base",
-        str(layout.merged_base),
-        "--gguf-dir",
-        str(layout.gguf_base),
-        *extra,
-    ]
+    return ["export", *layout_args(project_layout(project_root)), *extra]
 
 
 def _errors(stderr: str) -> list[str]:

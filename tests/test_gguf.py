@@ -6,7 +6,6 @@ The real converter on real tiny models is tested in tests/test_gguf_convert.py.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -26,19 +25,11 @@ from tests.ggufkit import (
     leftovers,
     make_fake_merged,
     project_layout,
+    sha256,
     write_gguf,
 )
 
 runner = CliRunner()
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture(autouse=True)
-def _no_debug(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("PERSONA_EXPORT_DEBUG", raising=False)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ Llama (SentencePiece and BPE tokenizers)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -17,19 +16,10 @@ from persona_export.cli import app
 from persona_export.ggufcheck import read_gguf
 from persona_export.stages.gguf import GgufConfig, run_gguf
 from tests import modelkit as mk
-from tests.ggufkit import copy_merged, dir_args, leftovers, project_layout
+from tests.ggufkit import copy_merged, dir_args, leftovers, project_layout, sha256
 
 pytestmark = [pytest.mark.slow, pytest.mark.llama]
 runner = CliRunner()
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture(autouse=True)
-def _no_debug(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("PERSONA_EXPORT_DEBUG", raising=False)
 
 
 def test_phi4mini_keeps_its_structure(phi4mini_project: Path) -> None:

@@ -20,11 +20,6 @@ from tests.mergekit import load_tensors, make_project
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _no_debug(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("PERSONA_EXPORT_DEBUG", raising=False)
-
-
 @pytest.fixture(scope="module")
 def phi_adapter(phi_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return mk.make_adapter(phi_small, tmp_path_factory.mktemp("cli") / "adapter")

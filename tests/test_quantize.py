@@ -3,7 +3,6 @@ and its failure paths (with a stand-in tool where a real one cannot fail on dema
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from persona_export.cli import app
 from persona_export.ggufcheck import read_gguf
 from persona_export.stages.quantize import list_quant_types, parse_quant_types
 from tests import modelkit as mk
-from tests.ggufkit import copy_project, dir_args, fake_quantize, leftovers, write_gguf
+from tests.ggufkit import copy_project, dir_args, fake_quantize, leftovers, sha256, write_gguf
 
 runner = CliRunner()
 
@@ -34,17 +33,8 @@ USAGE_EXCERPT = """\
 """
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def quantize_cli(root: Path, *extra: str):  # type: ignore[no-untyped-def]
     return runner.invoke(app, ["quantize", "--persona", "cap", *dir_args(root), *extra])
-
-
-@pytest.fixture(autouse=True)
-def _no_debug(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("PERSONA_EXPORT_DEBUG", raising=False)
 
 
 @pytest.fixture

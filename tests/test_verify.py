@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from persona_export.cli import app
 from persona_export.stages.verify import FAILED, PASSED, SKIPPED, VerifyConfig, run_verify
+from tests.modelfile_kit import layout_args
 from tests.verifykit import PERSONA, SYSTEM, Project, copy_project, export_project
 
 pytestmark = [pytest.mark.llama, pytest.mark.slow]
@@ -39,17 +40,11 @@ def _verify(project: Project, **options):  # type: ignore[no-untyped-def]
 
 
 def _cli_args(project: Project, *extra: str) -> list[str]:
-    layout = project.layout
     return [
         "verify",
         "--persona",
         PERSONA,
-        "--adapter-dir",
-        str(layout.adapter_dir),
-        "--output-dir-base",
-        str(layout.merged_base),
-        "--gguf-dir",
-        str(layout.gguf_base),
+        *layout_args(project.layout),
         "--max-tokens",
         "48",
         *extra,
