@@ -149,13 +149,15 @@ def llama_server(
     threads: int | None = None,
     start_timeout_s: float = START_TIMEOUT_S,
     request_timeout_s: float = REQUEST_TIMEOUT_S,
+    chat_template_file: Path | None = None,
 ) -> Iterator[LlamaServer]:
     """Serve ``gguf`` with the vendored llama-server (``--jinja``, ``--special``) on a free
     127.0.0.1 port; yield a :class:`LlamaServer` once ``/health`` answers.
 
     The server is stopped on the way out, whatever happens. Raises ToolMissingError when the
     server is not built, ExternalToolError when it exits or does not become healthy within
-    ``start_timeout_s`` (with the tail of its log).
+    ``start_timeout_s`` (with the tail of its log). ``chat_template_file`` replaces the
+    GGUF's own chat template.
     """
     binary = vendor.tool("llama-server")
     port = free_port()
@@ -178,6 +180,8 @@ def llama_server(
         "--no-webui",
         "--no-warmup",
     ]
+    if chat_template_file is not None:
+        args += ["--chat-template-file", str(chat_template_file)]
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"llama-server-{port}.log"
     if os.environ.get("PERSONA_EXPORT_DEBUG"):

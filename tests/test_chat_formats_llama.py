@@ -23,7 +23,7 @@ from persona_export.layout import Layout
 from persona_export.stages.modelfile import ModelfileConfig, write_modelfile
 from tests import hf_chat_templates as hf
 from tests.gotemplate_runner import GoTemplateRenderer
-from tests.llama_server import apply_template, llama_server
+from tests.llama_server import LlamaServer, apply_template, llama_server
 from tests.modelfile_kit import project, write_personas
 from tests.modelfile_parser import ParsedModelfile, parse_modelfile
 from tests.test_chat_formats import CONVERSATIONS, SYSTEM
@@ -64,7 +64,11 @@ def _modelfile(layout: Layout, persona: str, system: str | None, tmp_path: Path)
 
 
 def _compare(
-    url: str, parsed: ParsedModelfile, go_template: GoTemplateRenderer, *, also_bare: bool = False
+    server: LlamaServer,
+    parsed: ParsedModelfile,
+    go_template: GoTemplateRenderer,
+    *,
+    also_bare: bool = False,
 ) -> None:
     assert parsed.template is not None
     for conversation in CONVERSATIONS:
@@ -73,9 +77,9 @@ def _compare(
         sent = list(conversation)
         if parsed.system:
             sent.insert(0, {"role": "system", "content": parsed.system})
-        assert apply_template(url, sent) == go
+        assert apply_template(server, sent) == go
         if also_bare:  # the GGUF template on its own adds the same default system prompt
-            assert apply_template(url, conversation) == go
+            assert apply_template(server, conversation) == go
 
 
 @pytest.mark.parametrize("system", [SYSTEM, None], ids=["system", "no-system"])
@@ -88,8 +92,8 @@ def test_phi4mini_gguf_template_matches(
     layout = project_layout(root)
     parsed = _modelfile(layout, "cap", system, tmp_path)
     assert parsed.stops == ["<|end|>", "<|endoftext|>", "<|user|>", "<|assistant|>", "<|system|>"]
-    with llama_server(layout.gguf("cap", "F16"), tmp_path) as url:
-        _compare(url, parsed, go_template)
+    with llama_server(layout.gguf("cap", "F16"), tmp_path) as server:
+        _compare(server, parsed, go_template)
 
 
 def test_llama2_spm_gguf_template_matches(
@@ -97,8 +101,8 @@ def test_llama2_spm_gguf_template_matches(
 ) -> None:
     parsed = _modelfile(llama_spm, "cap", SYSTEM, tmp_path)
     assert not parsed.template or not parsed.template.startswith("<s>")  # llama.cpp adds BOS
-    with llama_server(llama_spm.gguf("cap", "F16"), tmp_path) as url:
-        _compare(url, parsed, go_template)
+    with llama_server(llama_spm.gguf("cap", "F16"), tmp_path) as server:
+        _compare(server, parsed, go_template)
 
 
 def test_llama3_bpe_gguf_template_matches(
@@ -107,8 +111,8 @@ def test_llama3_bpe_gguf_template_matches(
     parsed = _modelfile(llama_bpe, "cap", SYSTEM, tmp_path)
     # This tokenizer does not add BOS itself, so the TEMPLATE writes it.
     assert parsed.template is not None and parsed.template.startswith("<|begin_of_text|>")
-    with llama_server(llama_bpe.gguf("cap", "F16"), tmp_path) as url:
-        _compare(url, parsed, go_template)
+    with llama_server(llama_bpe.gguf("cap", "F16"), tmp_path) as server:
+        _compare(server, parsed, go_template)
 
 
 @pytest.mark.parametrize(
@@ -145,8 +149,10 @@ def test_real_family_templates_render_alike_in_llama_cpp(
     template_file.write_text(chat_template, encoding="utf-8")
     parsed = _modelfile(layout, "cap", SYSTEM, tmp_path)
     assert parsed.system == SYSTEM
-    with llama_server(layout.gguf("cap", "F16"), tmp_path, chat_template_file=template_file) as url:
-        _compare(url, parsed, go_template)
+    with llama_server(
+        layout.gguf("cap", "F16"), tmp_path, chat_template_file=template_file
+    ) as server:
+        _compare(server, parsed, go_template)
 
 
 def test_smollm2_demo_base_default_system(tmp_path: Path, go_template: GoTemplateRenderer) -> None:
@@ -160,5 +166,5 @@ def test_smollm2_demo_base_default_system(tmp_path: Path, go_template: GoTemplat
     parsed = _modelfile(layout, "demo_pirate", None, tmp_path)
     assert parsed.system == hf.SMOLLM2_DEFAULT_SYSTEM
     assert parsed.stops == ["<|im_end|>", "<|im_start|>"]
-    with llama_server(layout.gguf("demo_pirate", "F16"), tmp_path) as url:
-        _compare(url, parsed, go_template, also_bare=True)
+    with llama_server(layout.gguf("demo_pirate", "F16"), tmp_path) as server:
+        _compare(server, parsed, go_template, also_bare=True)
