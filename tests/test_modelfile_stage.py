@@ -343,10 +343,11 @@ def test_shipped_personas_all_load_and_write(tmp_path: Path) -> None:
     assert {"captain_codebeard", "professor_snugglesworth", "zen_coder", "demo_pirate"} <= set(
         personas
     )
-    demo_file = Path(__file__).parents[1] / "persona_export/demo/data/demo_pirate.toml"
-    if demo_file.is_file():  # the demo trains with this system prompt: they must agree
-        demo = tomllib.loads(demo_file.read_text(encoding="utf-8"))
-        assert demo["system"] == personas["demo_pirate"].system
+    # the demo trains with its own personas file's system prompt: the shipped one must agree
+    demo_file = Path(__file__).parents[1] / "persona_export/demo/data/personas.toml"
+    demo = tomllib.loads(demo_file.read_text(encoding="utf-8"))["personas"]["demo_pirate"]
+    assert demo["system"] == personas["demo_pirate"].system
+    assert demo["ollama_name"] == personas["demo_pirate"].ollama_name
     for name, persona in personas.items():
         layout = make_persona_project(tmp_path / name, name, hf.PHI4MINI, PHI)
         result = write_modelfile(ModelfileConfig(name, layout=layout))
