@@ -239,3 +239,26 @@ def test_truncated_source_is_refused_before_quantizing(
     assert result.exit_code == 1
     assert result.stderr.startswith(f"error: {f16} is not a valid GGUF: tensor ")
     assert not (tmp_path / "quantize-argv.txt").exists()
+
+
+def test_fallback_warnings_are_counted_into_one_line(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from persona_export.stages.quantize import _QuantizeLines
+
+    # llama-quantize's own lines (SmolLM2-135M, 576-wide rows) and another warning
+    stream = [
+        "warning: blk.0.attn_k.weight                  - ncols    576 not divisible by 256 (required for type    q4_K) -> falling back to    q5_0",
+        "warning: blk.0.attn_q.weight                  - ncols    576 not divisible by 256 (required for type    q4_K) -> falling back to    q5_0",
+        "warning: blk.0.attn_v.weight                  - ncols    576 not divisible by 256 (required for type    q6_K) -> falling back to    q8_0",
+        "llama_model_quantize_impl: WARNING: something else",
+    ]
+    warnings: list[str] = []
+    lines = _QuantizeLines(warnings)
+    for line in stream:
+        lines(line)
+    lines.finish(tmp_path / "q.log")
+    assert warnings[0] == "llama_model_quantize_impl: WARNING: something else"
+    assert len(warnings) == 2
+    assert "3 tensors use another type" in warnings[1]
+    assert "q4_K -> q5_0 x2, q6_K -> q8_0 x1" in warnings[1]
+    assert str(tmp_path / "q.log") in warnings[1]
+    assert capsys.readouterr().err.count("llama-quantize:") == 2

@@ -14,7 +14,7 @@ import contextlib
 import os
 import re
 import time
-from collections.abc import Callable
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,6 +200,7 @@ def _quantize_one(
     log_file = final.with_name(final.name + ".log")
     threads = config.threads or os.cpu_count() or 1
     warnings: list[str] = []
+    lines = _QuantizeLines(warnings)
     console.info(
         f"quantizing {job.source.name} to {quant.name} ({threads} threads; log: {log_file})"
     )
@@ -212,9 +213,10 @@ def _quantize_one(
             argv,
             what="llama-quantize",
             log_path=log_file,
-            on_line=_quantize_lines(warnings),
+            on_line=lines,
             check=False,
         )
+        lines.finish(log_file)
         if done.returncode != 0:
             raise _explain_failure(done.output, done.returncode, quant, log_file)
         # hashed after the run: llama-quantize rewrites its header last, and hashing while it
@@ -383,22 +385,45 @@ def _check_source(summary: GgufSummary, path: Path) -> None:
         )
 
 
-def _quantize_lines(warnings: list[str]) -> Callable[[str], None]:
-    """llama-quantize's stream as 10 % progress steps and warnings."""
-    state = {"decile": -1}
+_FALLBACK = re.compile(r"required for type\s+(\w+)\)\s*->\s*falling back to\s+(\w+)")
 
-    def on_line(line: str) -> None:
+
+class _QuantizeLines:
+    """llama-quantize's stream as 10 % progress steps and warnings. Its per-tensor "falling
+    back" warnings (rows not divisible by the K-quant block of 256) are counted and reported
+    as one line when the run ends, not one line per tensor."""
+
+    def __init__(self, warnings: list[str]) -> None:
+        self.warnings = warnings
+        self.decile = -1
+        self.fallbacks: Counter[tuple[str, str]] = Counter()
+
+    def __call__(self, line: str) -> None:
         if m := _PROGRESS.match(line):
             decile = int(m.group(1)) * 10 // max(int(m.group(2)), 1)
-            if decile > state["decile"]:
-                state["decile"] = decile
+            if decile > self.decile:
+                self.decile = decile
                 console.info(f"  tensors {decile * 10}%")
             return
+        if fallback := _FALLBACK.search(line):
+            self.fallbacks[(fallback.group(1), fallback.group(2))] += 1
+            return
         if re.search(r"\bwarning\b", line, re.IGNORECASE):
-            warnings.append(line.strip())
+            self.warnings.append(line.strip())
             console.warn(f"llama-quantize: {line.strip()}")
 
-    return on_line
+    def finish(self, log_file: Path) -> None:
+        """Report the fallbacks counted, as one warning."""
+        if not self.fallbacks:
+            return
+        kinds = ", ".join(f"{a} -> {b} x{n}" for (a, b), n in sorted(self.fallbacks.items()))
+        total = sum(self.fallbacks.values())
+        message = (
+            f"llama-quantize: {total} tensors use another type than asked, their rows not being "
+            f"a multiple of 256 ({kinds}); details in {log_file}"
+        )
+        self.warnings.append(message)
+        console.warn(message)
 
 
 def _explain_failure(
