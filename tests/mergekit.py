@@ -10,6 +10,7 @@ from typing import Any
 
 from persona_export.layout import Layout
 from persona_export.stages.merge import MergeConfig, MergeResult, merge
+from tests.ggufkit import project_layout
 
 PERSONA = "cap"
 # Tiny blocks, so that even tiny weights are merged in several row blocks.
@@ -18,7 +19,7 @@ SMALL_BLOCK = 4096
 
 def make_project(root: Path, adapter: Path, persona: str = PERSONA) -> Layout:
     """``root/trained_adapters/<persona>_final_adapter`` = a copy of ``adapter``."""
-    layout = Layout(adapter_dir=root / "trained_adapters", merged_base=root / "merged_models")
+    layout = project_layout(root)
     shutil.copytree(adapter, layout.adapter(persona))
     return layout
 

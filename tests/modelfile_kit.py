@@ -9,6 +9,7 @@ from pathlib import Path
 
 from persona_export.layout import Layout
 from tests import hf_chat_templates as hf
+from tests.ggufkit import project_layout
 from tests.modelkit import PHI4MINI_ADDED_TOKENS, small_bpe_tokenizer_files
 
 
@@ -168,15 +169,6 @@ def write_stub_gguf(
     return path
 
 
-def project(root: Path) -> Layout:
-    """The layout of a test project under ``root``."""
-    return Layout(
-        adapter_dir=root / "trained_adapters",
-        merged_base=root / "merged_models",
-        gguf_base=root / "gguf_models",
-    )
-
-
 def layout_args(layout: Layout) -> list[str]:
     """The CLI options that point a command at ``layout``."""
     return [
@@ -200,7 +192,7 @@ def make_persona_project(
 ) -> Layout:
     """merged_models/<persona>/ (tokenizer files) and gguf_models/<persona>/<persona>-<quant>
     .gguf (a stub whose add_bos_token follows the tokenizer unless ``gguf_add_bos`` says)."""
-    layout = project(root)
+    layout = project_layout(root)
     tokenizer_folder(layout.merged(persona), chat_template, kind)
     write_stub_gguf(
         layout.gguf(persona, quant), add_bos=kind.add_bos if gguf_add_bos is None else gguf_add_bos

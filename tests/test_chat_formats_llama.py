@@ -22,9 +22,10 @@ import pytest
 from persona_export.layout import Layout
 from persona_export.stages.modelfile import ModelfileConfig, write_modelfile
 from tests import hf_chat_templates as hf
+from tests.ggufkit import project_layout
 from tests.gotemplate_runner import GoTemplateRenderer
 from tests.llama_server import LlamaServer, apply_template, llama_server
-from tests.modelfile_kit import project, write_personas
+from tests.modelfile_kit import write_personas
 from tests.modelfile_parser import ParsedModelfile, parse_modelfile
 from tests.test_chat_formats import CONVERSATIONS, SYSTEM
 
@@ -34,7 +35,7 @@ pytestmark = [pytest.mark.llama, pytest.mark.slow, pytest.mark.go]
 def _convert(root: Path, persona: str, make_model) -> Layout:  # type: ignore[no-untyped-def]
     from persona_export.stages.gguf import GgufConfig, run_gguf
 
-    layout = project(root)
+    layout = project_layout(root)
     make_model(layout.merged(persona))
     run_gguf(GgufConfig(persona, layout=layout))
     return layout
@@ -86,7 +87,7 @@ def _compare(
 def test_phi4mini_gguf_template_matches(
     tmp_path: Path, phi4mini_project: Path, go_template: GoTemplateRenderer, system: str | None
 ) -> None:
-    from tests.ggufkit import copy_project, project_layout
+    from tests.ggufkit import copy_project
 
     root = copy_project(phi4mini_project, tmp_path / "project")
     layout = project_layout(root)
@@ -135,8 +136,8 @@ def test_real_family_templates_render_alike_in_llama_cpp(
     # The SentencePiece GGUF (bos <s>, eos </s>, add_bos) under another family's template:
     # the token texts that template uses besides BOS/EOS are plain text to llama.cpp here.
     root = tmp_path / "project"
-    shutil.copytree(llama_spm.gguf_dir("cap"), project(root).gguf_dir("cap"))
-    layout = project(root)
+    shutil.copytree(llama_spm.gguf_dir("cap"), project_layout(root).gguf_dir("cap"))
+    layout = project_layout(root)
     (layout.merged("cap")).mkdir(parents=True)
     for item in llama_spm.merged("cap").iterdir():
         if item.is_file():

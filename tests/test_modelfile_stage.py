@@ -15,13 +15,13 @@ from persona_export.cli import app
 from persona_export.layout import Layout
 from persona_export.stages.modelfile import ModelfileConfig, write_modelfile
 from tests import hf_chat_templates as hf
+from tests.ggufkit import project_layout
 from tests.modelfile_kit import (
     CHATML,
     LLAMA3,
     PHI,
     layout_args,
     make_persona_project,
-    project,
     tokenizer_folder,
     write_personas,
     write_stub_gguf,
@@ -106,7 +106,7 @@ def test_second_run_is_up_to_date_and_changes_rewrite(
 
 
 def test_missing_gguf_names_the_quantize_command(runner: CliRunner, tmp_path: Path) -> None:
-    layout = project(tmp_path)
+    layout = project_layout(tmp_path)
     tokenizer_folder(layout.merged("cap"), hf.PHI4MINI, PHI)
     result = invoke(runner, layout, "--quant", "q8_0")
     assert result.exit_code == 1
@@ -295,7 +295,7 @@ def test_license_of_the_merged_model_is_written(runner: CliRunner, phi_project: 
 
 
 def test_gguf_only_reads_the_template_from_the_gguf(runner: CliRunner, tmp_path: Path) -> None:
-    layout = project(tmp_path)
+    layout = project_layout(tmp_path)
     tokens = ["a", "b", "<|endoftext|>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>"]
     gguf = write_stub_gguf(
         layout.gguf("cap", "Q4_K_M"),

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from persona_export.layout import Layout
+from tests.ggufkit import project_layout
 
 SYSTEM = "You are Captain Codebeard, a pirate who explains code."
 PERSONA = "cap"
@@ -56,14 +57,6 @@ class Project:
     @property
     def layout(self) -> Layout:
         return project_layout(self.root)
-
-
-def project_layout(root: Path) -> Layout:
-    return Layout(
-        adapter_dir=root / "trained_adapters",
-        merged_base=root / "merged_models",
-        gguf_base=root / "gguf_models",
-    )
 
 
 def write_personas(path: Path, persona: str = PERSONA, system: str = SYSTEM) -> Path:
