@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from persona_export.artifacts import manifest_path_for
 from persona_export.cli import app
 from persona_export.ggufcheck import read_gguf
 from persona_export.stages.gguf import GgufConfig, run_gguf
@@ -59,6 +60,20 @@ def test_cli_rerun_is_skipped_in_well_under_a_second(phi4mini_project: Path) -> 
     bpw = f16.stat().st_size * 8 / read_gguf(f16).n_weights
     assert result.stdout == f"F16\t{f16.stat().st_size / 1e9:.2f} GB\t{bpw:.2f} bpw\t{f16}\n"
     assert result.stderr == f"{f16} is up to date (use --force to convert again)\n"
+
+
+def test_launcher_writes_what_the_plain_converter_writes(
+    tiny_phi4mini: Path, phi4mini_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stage's faster F16 cast (stages/_convert_launcher.py) changes no byte; the
+    manifest says which way the converter ran."""
+    monkeypatch.setenv("PERSONA_EXPORT_PLAIN_CONVERTER", "1")
+    copy_merged(tiny_phi4mini, tmp_path, "cap")
+    plain = run_gguf(GgufConfig("cap", layout=project_layout(tmp_path)))
+    reference = phi4mini_project / "gguf_models" / "cap" / "cap-F16.gguf"
+    assert sha256(plain.gguf_path) == sha256(reference)
+    assert json.loads(plain.manifest_path.read_text())["converter_launcher"] is False
+    assert json.loads(manifest_path_for(reference).read_text())["converter_launcher"]
 
 
 def test_transformers5_resaved_tokenizer_gives_the_same_file(
