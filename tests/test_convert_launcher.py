@@ -66,6 +66,16 @@ def test_tensors_with_nan_keep_numpys_payloads() -> None:
     assert launcher.cast_f16(empty).shape == (0, 4)
 
 
+def test_other_dtypes_are_numpys_cast() -> None:
+    """float64 rounds once to float16 (via float32 it could round twice); float16 passes
+    through as numpy's copy=False does."""
+    double = np.array([1 + 2.0**-11 + 2.0**-40, 0.1, -3e-6], dtype=np.float64)
+    assert np.array_equal(bits(launcher.cast_f16(double)), bits(double.astype(np.float16)))
+    assert launcher.cast_f16(double)[0] != double.astype(np.float32).astype(np.float16)[0]
+    half = np.ones(3, dtype=np.float16)
+    assert launcher.cast_f16(half) is half
+
+
 @pytest.mark.llama
 def test_vendored_gguf_py_casts_lazy_tensors_through_it(tmp_path: Path) -> None:
     """In the converter's own environment: installed, F16 goes through the launcher (lazily,

@@ -27,14 +27,17 @@ PLAIN_ENV = "PERSONA_EXPORT_PLAIN_CONVERTER"
 
 
 def cast_f16(array: Any) -> Any:
-    """``array.astype(np.float16)``, bit for bit, by torch when ``array`` holds no NaN."""
+    """``array.astype(np.float16, copy=False)``, bit for bit; by torch when ``array`` is
+    float32 without a NaN (other dtypes, e.g. float64 that must be rounded once, go to
+    numpy)."""
     import numpy as np
     import torch
 
-    data = np.ascontiguousarray(array, dtype=np.float32)
-    tensor = torch.from_numpy(data)
-    if tensor.numel() == 0 or bool(torch.isnan(tensor).any()):
-        return data.astype(np.float16)
+    if not isinstance(array, np.ndarray) or array.dtype != np.float32 or array.size == 0:
+        return np.asarray(array).astype(np.float16, copy=False)
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if bool(torch.isnan(tensor).any()):
+        return array.astype(np.float16)
     return tensor.to(torch.float16).numpy()
 
 
