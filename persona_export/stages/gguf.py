@@ -145,6 +145,7 @@ def run_gguf(config: GgufConfig) -> GgufResult:
         return _result_from_manifest(persona, final, manifest_file, started)
 
     script = vendor.converter_script()
+    launcher = use_launcher()
     fix = tokenizer_fix(source)
     remove_stale_partials(final.parent, final.name)
     log_file = final.with_name(final.name + ".log")
@@ -162,7 +163,15 @@ def run_gguf(config: GgufConfig) -> GgufResult:
         try:
             with atomic_file(final) as tmp:
                 output_record = _convert(
-                    script, convert_dir, tmp, outtype, persona, log_file, warnings, merged_dir
+                    script,
+                    launcher,
+                    convert_dir,
+                    tmp,
+                    outtype,
+                    persona,
+                    log_file,
+                    warnings,
+                    merged_dir,
                 )
                 summary = check_gguf(
                     tmp,
@@ -193,7 +202,7 @@ def run_gguf(config: GgufConfig) -> GgufResult:
         "n_weights": summary.n_weights,
         "bits_per_weight": round(summary.bits_per_weight, 4),
         "tokenizer_fix": fix.note if fix else None,
-        "converter_launcher": converter_command(script)[0] == "-m",
+        "converter_launcher": launcher,
         "warnings": warnings,
     }
     manifest = Manifest(STAGE, options, input_records, {"gguf": output_record}, seconds, extra)
@@ -216,13 +225,11 @@ def run_gguf(config: GgufConfig) -> GgufResult:
     )
 
 
-def converter_command(script: Path) -> list[str | Path]:
-    """How this Python runs the converter: through the launcher that gives it a faster,
-    byte-identical F16 cast (stages/_convert_launcher.py), or the script itself when
+def use_launcher() -> bool:
+    """Whether the converter runs through the launcher that gives it a faster,
+    byte-identical F16 cast (stages/_convert_launcher.py): unless
     PERSONA_EXPORT_PLAIN_CONVERTER is set."""
-    if os.environ.get(PLAIN_ENV, "") not in ("", "0"):
-        return [script]
-    return ["-m", "persona_export.stages._convert_launcher", script]
+    return os.environ.get(PLAIN_ENV, "") in ("", "0")
 
 
 def converter_env() -> dict[str, str]:
@@ -238,6 +245,7 @@ def converter_env() -> dict[str, str]:
 
 def _convert(
     script: Path,
+    launcher: bool,
     convert_dir: Path,
     tmp: Path,
     outtype: str,
@@ -249,7 +257,10 @@ def _convert(
     """Run the converter into ``tmp``, hashing the output as it is written."""
     tail = TailHasher(tmp)
     try:
-        argv: list[str | Path] = [sys.executable, *converter_command(script), convert_dir]
+        argv: list[str | Path] = [sys.executable]
+        if launcher:
+            argv += ["-m", "persona_export.stages._convert_launcher"]
+        argv += [script, convert_dir]
         argv += ["--outfile", tmp, "--outtype", outtype, "--model-name", persona]
         done = run(
             argv,
