@@ -1111,16 +1111,6 @@ DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
     "gpt2": ["c_attn", "c_proj"],
 }
 
-_TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-)
-
 
 def _model_type(base_dir: Path) -> str:
     return str(
@@ -1231,7 +1221,9 @@ def make_adapter(
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
     elif save_tokenizer:
-        for name in _TOKENIZER_FILES:
+        from persona_export.stages.merge import TOKENIZER_FILES
+
+        for name in TOKENIZER_FILES:
             if (base_dir / name).is_file():
                 shutil.copyfile(base_dir / name, out_dir / name)
     return out_dir
