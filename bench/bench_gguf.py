@@ -37,7 +37,6 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from synthetic_base import BENCH_CACHE, ensure_phi4mini_synthetic  # noqa: E402
 
-from persona_export import vendor  # noqa: E402
 from persona_export.artifacts import (  # noqa: E402
     DIR_MANIFEST,
     Manifest,
@@ -45,6 +44,7 @@ from persona_export.artifacts import (  # noqa: E402
     write_json_atomic,
 )
 from persona_export.layout import Layout  # noqa: E402
+from persona_export.llamacpp import vendor  # noqa: E402
 
 PERSONA = "bench"
 

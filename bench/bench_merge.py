@@ -139,7 +139,7 @@ def _fmt(value: float | None, scale: float) -> str:
 
 
 def largest_tensor_bytes(base: Path) -> int:
-    from persona_export.merge.base_model import read_checkpoint
+    from persona_export.merge.checkpoint import read_checkpoint
 
     return max(i.nbytes for i in read_checkpoint(base).tensors.values())
 

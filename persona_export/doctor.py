@@ -49,8 +49,8 @@ def _package(name: str, required: bool) -> Check:
 
 
 def _vendor_checks() -> list[Check]:
-    from persona_export import vendor
     from persona_export.errors import PersonaExportError
+    from persona_export.llamacpp import vendor
 
     try:
         lock = vendor.load_lock()

@@ -20,10 +20,10 @@ from typing import Any
 
 import tomllib
 
-from persona_export.chat_formats import templates_dir
 from persona_export.errors import InputNotFoundError, UsageError
 from persona_export.layout import check_persona
-from persona_export.ollama_rules import check_model_name, check_parameters, default_model_name
+from persona_export.ollama.rules import check_model_name, check_parameters, default_model_name
+from persona_export.resources import templates_dir
 
 USER_FILE_NAME = "personas.toml"
 _FIELDS = {"system", "display_name", "ollama_name", "parameters"}

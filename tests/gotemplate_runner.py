@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from persona_export import gotemplate
-from persona_export.gotemplate import Rendered
+from persona_export.ollama import gotemplate
+from persona_export.ollama.gotemplate import Rendered
 
 GO_MISSING = (
     f"{gotemplate.GO_MISSING}: the TEMPLATE tests render with Go's text/template, as Ollama "

@@ -1,4 +1,4 @@
-"""The vendored llama-server for a test (persona_export.llama_server), skipping the test when
+"""The vendored llama-server for a test (persona_export.llamacpp.server), skipping the test when
 the tools are not built, and its rendering of chat templates (/apply-template)."""
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from persona_export import llama_server as server_module
-from persona_export.llama_server import LlamaServer
+from persona_export.llamacpp import server as server_module
+from persona_export.llamacpp.server import LlamaServer
 
 
 def server_binary() -> Path:
     """The built llama-server; skips the test when the vendored tools are not built."""
-    from persona_export import vendor
     from persona_export.errors import ToolMissingError
+    from persona_export.llamacpp import vendor
 
     try:
         return vendor.tool("llama-server")

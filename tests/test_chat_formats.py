@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from persona_export.chat_formats import (
+from persona_export.hf.chat_formats import (
     ASSISTANT_ONE,
     PLACEHOLDER_TURNS,
     SYSTEM_TEXT,
@@ -24,8 +24,8 @@ from persona_export.chat_formats import (
     detect_format,
     load_formats,
 )
+from persona_export.hf.tokenizer import gguf_adds_bos
 from persona_export.stages.modelfile import ModelfileConfig, write_modelfile
-from persona_export.tokenizer_info import gguf_adds_bos
 from tests.gotemplate_runner import GoTemplateRenderer
 from tests.modelfile_kit import FORMAT_CASES, TokenizerKind, make_persona_project, write_personas
 from tests.modelfile_parser import parse_modelfile

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from persona_export import vendor
-from persona_export.stages import _convert_launcher as launcher
+from persona_export.llamacpp import vendor
+from persona_export.llamacpp import convert_launcher as launcher
 
 
 def bits(array: np.ndarray) -> np.ndarray:
@@ -82,7 +82,7 @@ def test_vendored_gguf_py_casts_lazy_tensors_through_it(tmp_path: Path) -> None:
     as the converter's tensors are), other types through gguf-py's own code."""
     program = """
 import numpy as np
-from persona_export.stages import _convert_launcher as launcher
+from persona_export.llamacpp import convert_launcher as launcher
 from gguf import quants
 from gguf.constants import GGMLQuantizationType as Q
 from gguf.lazy import LazyNumpyTensor
@@ -147,7 +147,7 @@ def test_runs_the_script_as_python_would(tmp_path: Path) -> None:
         "sys.exit(3)\n"
     )
     done = subprocess.run(
-        [sys.executable, "-m", "persona_export.stages._convert_launcher", str(script), "a", "-b"],
+        [sys.executable, "-m", "persona_export.llamacpp.convert_launcher", str(script), "a", "-b"],
         capture_output=True,
         text=True,
         check=False,

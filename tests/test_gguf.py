@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from persona_export import vendor
 from persona_export.cli import app
 from persona_export.errors import InvalidInputError
+from persona_export.llamacpp import vendor
 from persona_export.stages.gguf import GgufConfig, run_gguf
 from tests.ggufkit import (
     TEMPLATE,

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from persona_export.artifacts import manifest_path_for
 from persona_export.cli import app
-from persona_export.ggufcheck import read_gguf
+from persona_export.llamacpp.gguf_file import read_gguf
 from persona_export.stages.gguf import GgufConfig, run_gguf
 from tests import modelkit as mk
 from tests.ggufkit import copy_merged, dir_args, leftovers, project_layout, sha256
@@ -65,7 +65,7 @@ def test_cli_rerun_is_skipped_in_well_under_a_second(phi4mini_project: Path) -> 
 def test_launcher_writes_what_the_plain_converter_writes(
     tiny_phi4mini: Path, phi4mini_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The stage's faster F16 cast (stages/_convert_launcher.py) changes no byte; the
+    """The stage's faster F16 cast (llamacpp/convert_launcher.py) changes no byte; the
     manifest says which way the converter ran."""
     monkeypatch.setenv("PERSONA_EXPORT_PLAIN_CONVERTER", "1")
     copy_merged(tiny_phi4mini, tmp_path, "cap")

@@ -12,7 +12,7 @@ import pytest
 from gguf import GGUFReader, LlamaFileType
 
 from persona_export.errors import InvalidInputError, VerificationError
-from persona_export.ggufcheck import Expectation, check_gguf, problems, read_gguf
+from persona_export.llamacpp.gguf_file import Expectation, check_gguf, problems, read_gguf
 from tests.ggufkit import TEMPLATE, write_gguf
 
 

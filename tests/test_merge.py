@@ -298,7 +298,7 @@ def test_merged_phi4mini_converts_with_the_pinned_converter(
 ) -> None:
     """The merged folder is what the gguf stage needs: the real converter takes it, keeps the
     embeddings tied and the o200k tokenizer, and reuses the merge's output hashes."""
-    from persona_export.ggufcheck import read_gguf
+    from persona_export.llamacpp.gguf_file import read_gguf
     from persona_export.stages.gguf import GgufConfig, run_gguf
     from tests.ggufkit import project_layout
 

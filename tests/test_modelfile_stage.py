@@ -10,8 +10,8 @@ import pytest
 import tomllib
 from typer.testing import CliRunner
 
-from persona_export.chat_formats import load_formats
 from persona_export.cli import app
+from persona_export.hf.chat_formats import load_formats
 from persona_export.layout import Layout
 from persona_export.stages.modelfile import ModelfileConfig, write_modelfile
 from tests import hf_chat_templates as hf

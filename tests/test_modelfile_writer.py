@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from persona_export.errors import UsageError
-from persona_export.modelfile_syntax import ModelfileSyntaxError, parse, quote
-from persona_export.ollama_rules import (
+from persona_export.ollama.modelfile_syntax import ModelfileSyntaxError, parse, quote
+from persona_export.ollama.rules import (
     DEPRECATED_PARAMETERS,
     PARAMETER_TYPES,
     REMOVED_PARAMETERS,

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from persona_export import vendor
 from persona_export.cli import app
-from persona_export.ggufcheck import read_gguf
+from persona_export.llamacpp import vendor
+from persona_export.llamacpp.gguf_file import read_gguf
 from persona_export.stages.quantize import list_quant_types, parse_quant_types
 from tests import modelkit as mk
 from tests.ggufkit import copy_project, dir_args, fake_quantize, leftovers, sha256, write_gguf

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from persona_export import vendor
 from persona_export.cli import app
 from persona_export.errors import IntegrityError, InvalidInputError
+from persona_export.llamacpp import vendor
 
 runner = CliRunner()
 

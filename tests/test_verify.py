@@ -171,7 +171,7 @@ def test_wrong_template_fails_template_and_tokens(
 def test_go_missing_is_reported_as_skipped(
     tmp_path: Path, exported_project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import persona_export.gotemplate as gotemplate
+    import persona_export.ollama.gotemplate as gotemplate
 
     monkeypatch.setattr(gotemplate.shutil, "which", lambda name: None)
     project = copy_project(exported_project, tmp_path / "p")

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from persona_export.cli import app
 from persona_export.errors import ExternalToolError, UsageError
+from persona_export.llamacpp.logits import read_pe_logits
 from persona_export.stages.verify import (
     FAILED,
     PASSED,
@@ -21,7 +22,6 @@ from persona_export.stages.verify import (
     _template_check,
 )
 from persona_export.verify.data import load_bounds, load_conversations, parse_kl_overrides
-from persona_export.verify.logits import read_pe_logits
 from persona_export.verify.metrics import compare
 
 

@@ -25,7 +25,7 @@ def vendor(
     jobs: Annotated[int | None, typer.Option("--jobs", "-j", help="Parallel build jobs.")] = None,
 ) -> None:
     """Fetch the pinned llama.cpp (sha256-checked) and build its tools into the cache."""
-    from persona_export import vendor as vendoring
+    from persona_export.llamacpp import vendor as vendoring
 
     result = vendoring.ensure(sdist=sdist, build_tools=not no_build, jobs=jobs)
     state = "built" if result.built else "up to date"

@@ -79,8 +79,8 @@ def ask(modelfile_path: Path, question: str, log_dir: Path, *, max_tokens: int =
     TEMPLATE and SYSTEM render the prompt (Go text/template; the GGUF's own template through
     llama-server when Go is missing), llama-server answers greedily and stops on the
     Modelfile's stops."""
-    from persona_export.gotemplate import find_renderer
-    from persona_export.llama_server import llama_server
+    from persona_export.llamacpp.server import llama_server
+    from persona_export.ollama.gotemplate import find_renderer
     from persona_export.stages.verify import read_modelfile
 
     modelfile = read_modelfile(modelfile_path)

@@ -16,7 +16,7 @@ from typing import Any
 
 from persona_export.errors import InvalidInputError
 from persona_export.merge.adapter import Adapter, LoraModule
-from persona_export.merge.base_model import Checkpoint
+from persona_export.merge.checkpoint import Checkpoint
 from persona_export.merge.safetensors_io import FLOAT_DTYPES, OutputTensor, TensorInfo
 
 # transformers models whose projections are Conv1D ([in, out] weights, fan_in_fan_out).

@@ -7,7 +7,7 @@ template, vocabulary against the embedding, every block present) before it is re
 place; a manifest beside it records the input files' hashes, the llama.cpp commit, the
 options and the output's hash. Inputs and output are hashed while the converter runs. The
 converter runs through a launcher that replaces its single-core numpy float32 -> float16 cast
-by torch's, bit for bit the same (stages/_convert_launcher.py; about 12 s of 41 s on a 3.8 B
+by torch's, bit for bit the same (llamacpp/convert_launcher.py; about 12 s of 41 s on a 3.8 B
 model); PERSONA_EXPORT_PLAIN_CONVERTER=1 runs it as it is.
 
 Folders whose tokenizer was re-saved by transformers 5 (``tokenizer_class:
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from persona_export import console, vendor
+from persona_export import console
 from persona_export.artifacts import (
     DIR_MANIFEST,
     FileRecord,
@@ -45,18 +45,7 @@ from persona_export.artifacts import (
     read_json,
     write_json_atomic,
 )
-from persona_export.errors import (
-    ExternalToolError,
-    InputNotFoundError,
-    InvalidInputError,
-    UnsupportedError,
-    UsageError,
-)
-from persona_export.ggufcheck import FILE_TYPE_IDS, Expectation, check_gguf
-from persona_export.layout import Layout, check_persona
-from persona_export.proc import run
-from persona_export.stages._convert_launcher import PLAIN_ENV
-from persona_export.stages._hashing import (
+from persona_export.artifacts.hashing import (
     BackgroundRecords,
     TailHasher,
     known_records,
@@ -64,6 +53,18 @@ from persona_export.stages._hashing import (
     pid_alive,
     remove_stale_partials,
 )
+from persona_export.errors import (
+    ExternalToolError,
+    InputNotFoundError,
+    InvalidInputError,
+    UnsupportedError,
+    UsageError,
+)
+from persona_export.layout import Layout, check_persona
+from persona_export.llamacpp import vendor
+from persona_export.llamacpp.convert_launcher import PLAIN_ENV
+from persona_export.llamacpp.gguf_file import FILE_TYPE_IDS, Expectation, check_gguf
+from persona_export.proc import run
 
 OUTTYPES = ("f16", "bf16", "f32", "q8_0", "auto")
 STAGE = "gguf"
@@ -227,7 +228,7 @@ def run_gguf(config: GgufConfig) -> GgufResult:
 
 def use_launcher() -> bool:
     """Whether the converter runs through the launcher that gives it a faster,
-    byte-identical F16 cast (stages/_convert_launcher.py): unless
+    byte-identical F16 cast (llamacpp/convert_launcher.py): unless
     PERSONA_EXPORT_PLAIN_CONVERTER is set."""
     return os.environ.get(PLAIN_ENV, "") in ("", "0")
 
@@ -259,7 +260,7 @@ def _convert(
     try:
         argv: list[str | Path] = [sys.executable]
         if launcher:
-            argv += ["-m", "persona_export.stages._convert_launcher"]
+            argv += ["-m", "persona_export.llamacpp.convert_launcher"]
         argv += [script, convert_dir]
         argv += ["--outfile", tmp, "--outtype", outtype, "--model-name", persona]
         done = run(

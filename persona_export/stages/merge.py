@@ -32,23 +32,24 @@ from persona_export.artifacts import (
     record_file,
     write_json_atomic,
 )
+from persona_export.artifacts.hashing import (
+    BackgroundRecords,
+    TailHasher,
+    known_records,
+    list_files,
+)
 from persona_export.errors import (
     InputNotFoundError,
     InvalidInputError,
     PersonaExportError,
     UsageError,
 )
+from persona_export.hf.base_model import resolve_base_model
 from persona_export.layout import DEFAULT_BASE_MODEL, Layout
 from persona_export.merge.adapter import Adapter, read_adapter
-from persona_export.merge.base_model import Checkpoint, read_checkpoint, resolve_base_model
+from persona_export.merge.checkpoint import Checkpoint, read_checkpoint
 from persona_export.merge.execute import execute, make_comparer, shard_files
 from persona_export.merge.plan import MergePlan, describe, make_plan
-from persona_export.stages._hashing import (
-    BackgroundRecords,
-    TailHasher,
-    known_records,
-    list_files,
-)
 
 STAGE = "merge"
 FORMAT_VERSION = 1  # bump when the output for the same inputs and options changes

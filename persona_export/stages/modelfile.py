@@ -35,24 +35,29 @@ from persona_export.artifacts import (
     record_file,
     write_json_atomic,
 )
-from persona_export.chat_formats import (
-    TEMPLATE_HINT,
-    ChatFormat,
-    detect_format,
-    load_formats,
-    templates_dir,
-)
 from persona_export.errors import (
     InputNotFoundError,
     InvalidInputError,
     UnsupportedError,
     UsageError,
 )
+from persona_export.hf.chat_formats import (
+    TEMPLATE_HINT,
+    ChatFormat,
+    detect_format,
+    load_formats,
+    templates_dir,
+)
+from persona_export.hf.tokenizer import TokenizerInfo, from_gguf, from_hf_folder, gguf_adds_bos
 from persona_export.layout import Layout, check_persona
-from persona_export.modelfile_syntax import ModelfileSyntaxError, parse, quote, unwritable_char
-from persona_export.ollama_rules import check_parameters, parameter_text
+from persona_export.ollama.modelfile_syntax import (
+    ModelfileSyntaxError,
+    parse,
+    quote,
+    unwritable_char,
+)
+from persona_export.ollama.rules import check_parameters, parameter_text
 from persona_export.personas import Persona, find_persona, persona_files
-from persona_export.tokenizer_info import TokenizerInfo, from_gguf, from_hf_folder, gguf_adds_bos
 
 STAGE = "modelfile"
 LICENSE_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "LICENCE")

@@ -27,8 +27,8 @@ from persona_export.errors import (
     ToolMissingError,
 )
 from persona_export.layout import Layout, check_persona
-from persona_export.modelfile_syntax import Command, parse
-from persona_export.ollama_rules import PARAMETER_TYPES, check_model_name
+from persona_export.ollama.modelfile_syntax import Command, parse
+from persona_export.ollama.rules import PARAMETER_TYPES, check_model_name
 from persona_export.personas import find_persona
 from persona_export.proc import run
 

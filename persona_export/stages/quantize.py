@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from persona_export import console, vendor
+from persona_export import console
 from persona_export.artifacts import (
     FileRecord,
     Manifest,
@@ -30,20 +30,21 @@ from persona_export.artifacts import (
     sha256_file,
     write_json_atomic,
 )
+from persona_export.artifacts.hashing import (
+    BackgroundRecords,
+    known_records,
+    remove_stale_partials,
+)
 from persona_export.errors import (
     ExternalToolError,
     InputNotFoundError,
     InvalidInputError,
     UsageError,
 )
-from persona_export.ggufcheck import Expectation, GgufSummary, check_gguf, read_gguf
 from persona_export.layout import Layout, check_persona
+from persona_export.llamacpp import vendor
+from persona_export.llamacpp.gguf_file import Expectation, GgufSummary, check_gguf, read_gguf
 from persona_export.proc import run
-from persona_export.stages._hashing import (
-    BackgroundRecords,
-    known_records,
-    remove_stale_partials,
-)
 
 STAGE = "quantize"
 DEFAULT_TYPE = "Q4_K_M"

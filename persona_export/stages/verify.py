@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from persona_export import console, vendor
+from persona_export import console
 from persona_export.artifacts import (
     DIR_MANIFEST,
     FileRecord,
@@ -53,7 +53,8 @@ from persona_export.errors import (
     UsageError,
 )
 from persona_export.layout import DEFAULT_BASE_MODEL, Layout, check_persona
-from persona_export.modelfile_syntax import parse
+from persona_export.llamacpp import vendor
+from persona_export.ollama.modelfile_syntax import parse
 from persona_export.verify.data import (
     Bounds,
     Turn,
@@ -445,7 +446,8 @@ def _logit_checks(
     quants: Mapping[str, Path],
     work_dir: Path,
 ) -> list[Check]:
-    from persona_export.verify.logits import gguf_logits, hf_logits, peft_logits
+    from persona_export.llamacpp.logits import gguf_logits
+    from persona_export.verify.logits import hf_logits, peft_logits
     from persona_export.verify.metrics import compare
 
     ids = [p.ids for p in prompts]
@@ -498,8 +500,8 @@ def _server_checks(
     bos: str | None,
     work_dir: Path,
 ) -> list[Check]:
-    from persona_export.gotemplate import GO_MISSING, find_renderer
-    from persona_export.llama_server import llama_server
+    from persona_export.llamacpp.server import llama_server
+    from persona_export.ollama.gotemplate import GO_MISSING, find_renderer
 
     checks: list[Check] = []
     expected = [p.text for p in prompts]
@@ -656,7 +658,7 @@ def run_verify(config: VerifyConfig) -> VerifyResult:
     setting is wrong, or a tool is not built; a check that cannot run for want of an optional
     tool (Go) is reported as skipped.
     """
-    from persona_export.merge.base_model import resolve_base_model
+    from persona_export.hf.base_model import resolve_base_model
 
     started = time.monotonic()
     persona = check_persona(config.persona)

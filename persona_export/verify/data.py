@@ -9,8 +9,8 @@ from typing import Any
 
 import tomllib
 
-from persona_export.chat_formats import templates_dir
 from persona_export.errors import InputNotFoundError, UsageError
+from persona_export.resources import templates_dir
 
 PROMPTS_FILE = "verify_prompts.toml"
 BOUNDS_FILE = "verify_bounds.toml"

@@ -23,14 +23,14 @@ from persona_export import console
 from persona_export.artifacts import atomic_dir, read_json, sha256_file, write_json_atomic
 from persona_export.errors import IntegrityError, InvalidInputError, ToolMissingError
 from persona_export.proc import run
+from persona_export.resources import PACKAGE_DIR, repo_root
 
-PACKAGE_DIR = Path(__file__).resolve().parent
 VENDOR_HINT = (
     "run `persona-export vendor` (or `make vendor`) to fetch and build the pinned llama.cpp"
 )
 MARKER = ".persona-export-vendor.json"
 # Our own helper, built against the vendored libllama: prints the logits of a token list.
-NATIVE_TOOLS = {"pe-logits": PACKAGE_DIR / "native" / "pe_logits.cpp"}
+NATIVE_TOOLS = {"pe-logits": Path(__file__).resolve().parent / "native" / "pe_logits.cpp"}
 
 
 @dataclass(frozen=True)
@@ -51,13 +51,6 @@ class VendorLock:
     def key(self) -> str:
         """The cache key: the first 16 hex digits of the sdist's sha256."""
         return self.sha256[:16]
-
-
-def repo_root() -> Path:
-    """The project folder holding ``vendor/`` (the source checkout, or PERSONA_EXPORT_HOME)."""
-    if env := os.environ.get("PERSONA_EXPORT_HOME"):
-        return Path(env)
-    return PACKAGE_DIR.parent
 
 
 def lock_path() -> Path:

@@ -17,8 +17,7 @@ from typing import Any
 import tomllib
 
 from persona_export.errors import InvalidInputError, UnsupportedError
-
-PACKAGE_DIR = Path(__file__).resolve().parent
+from persona_export.resources import templates_dir
 
 SYSTEM_TEXT = "SYSTEM_TEXT"
 USER_ONE = "USER_ONE"
@@ -34,19 +33,6 @@ TEMPLATE_HINT = (
     "pass --template FILE with an Ollama (Go text/template) TEMPLATE for this model, and "
     "--stop for its end-of-turn strings; or add a format file to templates/formats/"
 )
-
-
-def templates_dir() -> Path:
-    """The ``templates/`` folder: the checkout's, else the copy installed in the package."""
-    from persona_export.vendor import repo_root
-
-    for candidate in (repo_root() / "templates", PACKAGE_DIR / "_templates"):
-        if (candidate / "Modelfile.j2").is_file():
-            return candidate
-    raise InvalidInputError(
-        "the templates/ folder (Modelfile.j2, formats/, personas.toml) was not found",
-        "run from a persona-export checkout or set PERSONA_EXPORT_HOME to one",
-    )
 
 
 @dataclass(frozen=True)

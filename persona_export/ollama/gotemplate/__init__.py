@@ -18,8 +18,8 @@ from pathlib import Path
 
 from persona_export.artifacts import atomic_file
 from persona_export.errors import ExternalToolError
+from persona_export.llamacpp.vendor import cache_root
 from persona_export.proc import run
-from persona_export.vendor import cache_root
 
 SOURCE_DIR = Path(__file__).resolve().parent
 SOURCES = ("go.mod", "main.go")

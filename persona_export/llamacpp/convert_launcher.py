@@ -1,6 +1,6 @@
 """Run the vendored ``convert_hf_to_gguf.py`` with a faster float32 -> float16 cast.
 
-    python -m persona_export.stages._convert_launcher SCRIPT [converter arguments...]
+    python -m persona_export.llamacpp.convert_launcher SCRIPT [converter arguments...]
 
 For ``--outtype f16`` the converter turns every tensor into float32 and then casts it with
 numpy's ``astype(np.float16)``, which runs one element at a time on one core: 18.5 of the
@@ -73,7 +73,7 @@ def install() -> bool:
 def main(argv: list[str]) -> None:
     """Run the script ``argv[0]`` with arguments ``argv[1:]`` as plain ``python`` would."""
     if not argv:
-        sys.exit("usage: python -m persona_export.stages._convert_launcher SCRIPT [ARGS...]")
+        sys.exit("usage: python -m persona_export.llamacpp.convert_launcher SCRIPT [ARGS...]")
     script = os.path.abspath(argv[0])
     sys.argv = [script, *argv[1:]]
     # `python -m` put the working directory first on the path; `python SCRIPT` puts the

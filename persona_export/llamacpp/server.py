@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from persona_export import vendor
 from persona_export.errors import ExternalToolError
+from persona_export.llamacpp import vendor
 from persona_export.proc import tail
 
 START_TIMEOUT_S = 120.0
