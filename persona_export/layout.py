@@ -21,13 +21,15 @@ DEFAULT_ADAPTER_DIR = Path("trained_adapters")
 DEFAULT_MERGED_DIR = Path("merged_models")
 DEFAULT_GGUF_DIR = Path("gguf_models")
 ADAPTER_SUFFIX = "_final_adapter"
+#: The quantization type a Modelfile uses unless told otherwise (every command, Make's QUANT).
+DEFAULT_QUANT = "Q4_K_M"
 
 _PERSONA_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def check_persona(name: str) -> str:
     """Return ``name`` if it is a safe persona name (a plain folder name), else raise."""
-    if not name or "/" in name or "\\" in name or ".." in name or not _PERSONA_RE.match(name):
+    if not name or "/" in name or "\\" in name or ".." in name or not _PERSONA_RE.fullmatch(name):
         raise UsageError(
             f"invalid persona name {name!r}",
             "use letters, digits, '_', '-' or '.', starting with a letter or digit "
