@@ -60,3 +60,21 @@ class VerificationError(PersonaExportError, AssertionError):
 
 class OfflineError(PersonaExportError, ConnectionError):
     """A model is needed from the hub but the hub is unreachable or disabled."""
+
+
+class OutputConflictError(PersonaExportError, FileExistsError):
+    """An output's place is taken by something persona-export did not write (or by an
+    input): it is refused rather than replaced."""
+
+
+class DiskSpaceError(PersonaExportError, OSError):
+    """An output would not fit on its disk (checked before writing)."""
+
+
+def internal_error(exc: BaseException) -> PersonaExportError:
+    """A bug (an exception no check foresaw), as the one-line error users see."""
+    return PersonaExportError(
+        f"internal error: {type(exc).__name__}: {exc}".splitlines()[0],
+        "this is a bug in persona-export; rerun with PERSONA_EXPORT_DEBUG=1 for the traceback "
+        "and report it",
+    )

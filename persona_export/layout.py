@@ -65,6 +65,10 @@ class Layout:
     def verify_report(self, persona: str) -> Path:
         return self.gguf_dir(persona) / "verify.json"
 
+    def lock_file(self, persona: str) -> Path:
+        """The lock every stage writing ``persona`` holds (artifacts/lock.py)."""
+        return self.gguf_base / f".{check_persona(persona)}.lock"
+
     def personas_with_adapters(self) -> list[str]:
         """Personas that have an adapter folder, sorted."""
         if not self.adapter_dir.is_dir():

@@ -18,52 +18,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from persona_export.artifacts import (
-    DIR_MANIFEST,
-    MANIFEST_SUFFIX,
-    FileRecord,
-    read_json,
-    sha256_file,
-)
+from persona_export.artifacts.files import CHUNK as _CHUNK
+from persona_export.artifacts.files import FileRecord, sha256_file
 
-_CHUNK = 8 * 1024 * 1024
 _HEAD = 32 * 1024 * 1024
-
-
-def list_files(root: Path) -> dict[str, Path]:
-    """Files under ``root`` by relative POSIX name, manifests left out (as record_tree)."""
-    files: dict[str, Path] = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = path.relative_to(root).as_posix()
-        if rel == DIR_MANIFEST or rel.endswith(MANIFEST_SUFFIX):
-            continue
-        files[rel] = path
-    return files
-
-
-def known_records(manifest_file: Path, section: str, root: Path | None = None) -> dict[str, Any]:
-    """The file records a manifest holds in ``section`` ("inputs" or "outputs"), usable as
-    the ``known`` hash cache of :func:`record_file` (trusted only when size and mtime match).
-    With ``root``, keys that are paths are made relative to it."""
-    data = read_json(manifest_file) or {}
-    records = data.get(section)
-    if not isinstance(records, dict):
-        return {}
-    known: dict[str, Any] = {}
-    for key, rec in records.items():
-        if not isinstance(rec, dict) or "sha256" not in rec:
-            continue
-        known[key] = rec
-        if root is not None:
-            path = Path(key)
-            try:
-                rel = (path if path.is_absolute() else Path.cwd() / path).relative_to(
-                    root.resolve()
-                )
-            except ValueError:
-                continue
-            known.setdefault(rel.as_posix(), rec)
-    return known
 
 
 class BackgroundRecords:
@@ -171,32 +129,3 @@ class TailHasher:
         with open(self.path, "rb") as fh:
             head.update(fh.read(_HEAD))
         return head.hexdigest() == self._head.hexdigest()
-
-
-def remove_stale_partials(folder: Path, name: str) -> None:
-    """Remove temporary siblings of ``folder/name`` left by runs that are no longer alive
-    (the temporary name carries the writer's pid); a live run's file is left alone."""
-    if not folder.is_dir():
-        return
-    for leftover in folder.glob(f".{name}.partial-*"):
-        pid_text = leftover.name.rsplit(".partial-", 1)[1].split("-", 1)[0]
-        if pid_text.isdigit() and _other_live_process(int(pid_text)):
-            continue
-        if leftover.is_file():
-            leftover.unlink(missing_ok=True)
-
-
-def _other_live_process(pid: int) -> bool:
-    # this process's own leftovers are from an earlier, finished call: stale
-    return pid != os.getpid() and pid_alive(pid)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id exists (the writer of a temporary file)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -1,25 +1,43 @@
-"""The command line: one module per command, each a thin layer over its stage.
+"""The command line: one module per command, each a thin layer over its stage, registered
+here in one explicit list (pipeline order, which is also the order of ``--help``).
 
-Commands register themselves on import, in pipeline order. Heavy libraries (torch,
-transformers, peft) are imported inside the stages, so `--help` stays fast.
+Heavy libraries (torch, transformers, peft) are imported inside the stages, so `--help`
+stays fast.
 """
 
-from persona_export.cli import vendor as _vendor  # noqa: F401
-from persona_export.cli import doctor as _doctor  # noqa: F401
-from persona_export.cli import merge as _merge  # noqa: F401
-from persona_export.cli import gguf as _gguf  # noqa: F401
-from persona_export.cli import quantize as _quantize  # noqa: F401
-from persona_export.cli import modelfile as _modelfile  # noqa: F401
-from persona_export.cli import ollama as _ollama  # noqa: F401
-from persona_export.cli import verify as _verify  # noqa: F401
-from persona_export.cli import export as _export  # noqa: F401
-from persona_export.cli import demo as _demo  # noqa: F401
+from persona_export.cli import (
+    demo,
+    doctor,
+    export,
+    gguf,
+    merge,
+    modelfile,
+    ollama,
+    quantize,
+    vendor,
+    verify,
+)
 from persona_export.cli._app import app, main
+
+COMMANDS = (
+    vendor,
+    doctor,
+    merge,
+    gguf,
+    quantize,
+    modelfile,
+    ollama,
+    verify,
+    export,
+    demo,
+)
+for _module in COMMANDS:
+    _name = _module.__name__.rsplit(".", 1)[1]
+    app.command(name=_name, epilog=_module.EPILOG)(getattr(_module, _name))
 
 # The top-level help ends with one example per command, taken from each command's epilog.
 app.info.epilog = "Examples:\n\n" + "\n\n".join(
-    "  " + (command.epilog or "").removeprefix("Example: ").strip()
-    for command in app.registered_commands
+    "  " + module.EPILOG.removeprefix("Example: ").strip() for module in COMMANDS
 )
 
-__all__ = ["app", "main"]
+__all__ = ["COMMANDS", "app", "main"]

@@ -1,4 +1,8 @@
-"""Options shared by several commands, spelled once."""
+"""Options shared by several commands, each declared once (name, spellings, help, default).
+
+A command takes them as ``Annotated`` parameters: ``persona: Persona``, ``force: Force =
+False``, ``gguf_dir: GgufDir = GGUF_DIR``. Defaults live in :mod:`persona_export.layout`.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,19 @@ import typer
 
 from persona_export.layout import (
     DEFAULT_ADAPTER_DIR,
+    DEFAULT_BASE_MODEL,
     DEFAULT_GGUF_DIR,
     DEFAULT_MERGED_DIR,
+    DEFAULT_QUANT,
+    Layout,
     check_persona,
 )
+
+ADAPTER_DIR = DEFAULT_ADAPTER_DIR
+MERGED_DIR = DEFAULT_MERGED_DIR
+GGUF_DIR = DEFAULT_GGUF_DIR
+BASE_MODEL = DEFAULT_BASE_MODEL
+QUANT = DEFAULT_QUANT
 
 
 def _persona(value: str | None) -> str | None:
@@ -23,6 +36,12 @@ Persona = Annotated[
     str,
     typer.Option(
         "--persona", "-p", help="Persona name, e.g. captain_codebeard.", callback=_persona
+    ),
+]
+OptionalPersona = Annotated[
+    str | None,
+    typer.Option(
+        "--persona", "-p", help="Persona to export, e.g. captain_codebeard.", callback=_persona
     ),
 ]
 AdapterDir = Annotated[
@@ -49,9 +68,85 @@ GgufDir = Annotated[
 Force = Annotated[
     bool, typer.Option("--force", help="Redo the stage even when its output is up to date.")
 ]
+BaseModel = Annotated[
+    str,
+    typer.Option(
+        "--base-model-id",
+        "--base_model_id",
+        help="Base model: a local folder or a Hugging Face hub id (from the local cache "
+        "when HF_HUB_OFFLINE=1).",
+    ),
+]
+QuantTypes = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--quant",
+        "-q",
+        help=f"Quantization type, repeatable (default {DEFAULT_QUANT}); the Modelfile uses the "
+        "first.",
+    ),
+]
+PersonasFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--personas",
+        help="A personas TOML file read after templates/personas.toml and ./personas.toml; "
+        "its definitions win.",
+    ),
+]
+Template = Annotated[
+    str | None,
+    typer.Option(
+        "--template",
+        help="Use this Ollama TEMPLATE (a Go text/template file) instead of detecting the chat "
+        "format, or name a shipped format (phi4mini, phi3, chatml, llama3, gemma, mistral, "
+        "llama2).",
+    ),
+]
+ModelName = Annotated[
+    str | None,
+    typer.Option(
+        "--name",
+        help="Ollama model name, name[:tag] in lower case (default: the persona's ollama_name, "
+        "else the persona name).",
+    ),
+]
+KlMax = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--kl-max",
+        metavar="TYPE=VALUE",
+        help="Bound on the mean KL divergence F16 -> TYPE, repeatable, e.g. Q4_K_M=0.2 "
+        "(defaults per type: templates/verify_bounds.toml).",
+    ),
+]
+PromptsFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--prompts",
+        help="TOML file of conversations to verify with, replacing templates/verify_prompts.toml.",
+    ),
+]
+MaxTokens = Annotated[
+    int,
+    typer.Option(
+        "--max-tokens",
+        help="Token limit of each answer in the generation check: an answer that reaches it "
+        "without a stop fails.",
+    ),
+]
+NoVerify = Annotated[bool, typer.Option("--no-verify", help="Skip the verify checks.")]
+Threads = Annotated[
+    int | None,
+    typer.Option("--threads", help="Threads for llama.cpp (default: every core)."),
+]
 
-DEFAULTS = {
-    "adapter_dir": DEFAULT_ADAPTER_DIR,
-    "merged_dir": DEFAULT_MERGED_DIR,
-    "gguf_dir": DEFAULT_GGUF_DIR,
-}
+
+def layout(adapter_dir: Path, merged_dir: Path, gguf_dir: Path = GGUF_DIR) -> Layout:
+    """The project's folders from the three folder options."""
+    return Layout(adapter_dir=adapter_dir, merged_base=merged_dir, gguf_base=gguf_dir)
+
+
+def upper(values: list[str] | None, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A repeatable type option as upper-case names (``default`` when not given)."""
+    return tuple(v.upper() for v in values) if values else default

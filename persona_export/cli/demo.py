@@ -8,12 +8,10 @@ from typing import Annotated
 import typer
 
 from persona_export import console
-from persona_export.cli._app import app
+
+EPILOG = "Example: persona-export demo   (or: make demo)"
 
 
-@app.command(
-    epilog="Example: persona-export demo   (or: make demo)",
-)
 def demo(
     work_dir: Annotated[
         Path,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import typer
 
 from persona_export import console
-from persona_export.cli._app import app
+
+EPILOG = "Example: persona-export doctor"
 
 
-@app.command(epilog="Example: persona-export doctor")
 def doctor() -> None:
     """Check packages, vendored llama.cpp, Go, Ollama, disk and memory; say how to fix gaps."""
     from persona_export.doctor import run_checks

@@ -8,9 +8,19 @@ from typing import Annotated
 import typer
 
 from persona_export import console
-from persona_export.cli._app import app
-from persona_export.cli._options import DEFAULTS, AdapterDir, Force, MergedDir, Persona
-from persona_export.layout import DEFAULT_BASE_MODEL
+from persona_export.cli._options import (
+    ADAPTER_DIR,
+    BASE_MODEL,
+    MERGED_DIR,
+    AdapterDir,
+    BaseModel,
+    Force,
+    MergedDir,
+    Persona,
+    layout,
+)
+
+EPILOG = "Example: persona-export merge --persona captain_codebeard   (or: make persona=NAME merge)"
 
 
 def _progress() -> Callable[[int, int], None]:
@@ -28,22 +38,11 @@ def _progress() -> Callable[[int, int], None]:
     return report
 
 
-@app.command(
-    epilog="Example: persona-export merge --persona captain_codebeard   (or: make persona=NAME merge)",
-)
 def merge(
     persona: Persona,
-    base_model_id: Annotated[
-        str,
-        typer.Option(
-            "--base-model-id",
-            "--base_model_id",
-            help="Base model: a local folder or a Hugging Face hub id (from the local cache "
-            "when HF_HUB_OFFLINE=1).",
-        ),
-    ] = DEFAULT_BASE_MODEL,
-    adapter_dir: AdapterDir = DEFAULTS["adapter_dir"],
-    output_dir_base: MergedDir = DEFAULTS["merged_dir"],
+    base_model_id: BaseModel = BASE_MODEL,
+    adapter_dir: AdapterDir = ADAPTER_DIR,
+    output_dir_base: MergedDir = MERGED_DIR,
     dtype: Annotated[
         str,
         typer.Option(
@@ -76,14 +75,11 @@ def merge(
 
     Streams the base tensor by tensor (memory stays near one tensor, whatever the model size), gives the weights PEFT's merge_and_unload gives, copies config, generation config, tokenizer files and chat template as they are, and skips the work when the output is up to date. Prints the merged folder.
     """
-    from persona_export.layout import Layout
-    from persona_export.stages.merge import MergeConfig
-    from persona_export.stages.merge import merge as run_merge
+    from persona_export.stages.merge import MergeConfig, run
 
-    layout = Layout(adapter_dir=adapter_dir, merged_base=output_dir_base)
     config = MergeConfig(
-        persona=persona,
-        layout=layout,
+        persona,
+        layout=layout(adapter_dir, output_dir_base),
         base_model=base_model_id,
         dtype=dtype,
         revision=revision,
@@ -91,8 +87,8 @@ def merge(
         force=force,
         allow_pickle=allow_pickle,
     )
-    result = run_merge(config, progress=_progress())
-    if result.skipped:
+    result = run(config, progress=_progress())
+    if result.up_to_date:
         console.info(f"{result.merged_dir} is up to date (use --force to merge again)")
     else:
         console.info(

@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from persona_export import console
-from persona_export.cli._app import app
-from persona_export.cli._options import DEFAULTS, AdapterDir, Force, GgufDir, MergedDir, Persona
+from persona_export.cli._options import (
+    ADAPTER_DIR,
+    GGUF_DIR,
+    MERGED_DIR,
+    QUANT,
+    AdapterDir,
+    Force,
+    GgufDir,
+    MergedDir,
+    Persona,
+    PersonasFile,
+    Template,
+    layout,
+)
+
+EPILOG = (
+    "Example: persona-export modelfile --persona captain_codebeard --quant Q4_K_M   "
+    "(or: make persona=NAME modelfile)"
+)
 
 Quant = Annotated[
     str,
@@ -20,32 +36,12 @@ Quant = Annotated[
         "<persona>-<QUANT>.gguf (it must exist).",
     ),
 ]
-PersonasFile = Annotated[
-    Path | None,
-    typer.Option(
-        "--personas",
-        help="A personas TOML file read after templates/personas.toml and ./personas.toml; "
-        "its definitions win.",
-    ),
-]
 
 
-@app.command(
-    epilog="Example: persona-export modelfile --persona captain_codebeard --quant Q4_K_M   "
-    "(or: make persona=NAME modelfile)",
-)
 def modelfile(
     persona: Persona,
-    quant: Quant = "Q4_K_M",
-    template: Annotated[
-        str | None,
-        typer.Option(
-            "--template",
-            help="Use this Ollama TEMPLATE (a Go text/template file) instead of detecting the "
-            "chat format, or name a shipped format (phi4mini, phi3, chatml, llama3, gemma, "
-            "mistral, llama2).",
-        ),
-    ] = None,
+    quant: Quant = QUANT,
+    template: Template = None,
     stop: Annotated[
         list[str] | None,
         typer.Option(
@@ -54,9 +50,9 @@ def modelfile(
         ),
     ] = None,
     personas_file: PersonasFile = None,
-    gguf_dir: GgufDir = DEFAULTS["gguf_dir"],
-    merged_dir: MergedDir = DEFAULTS["merged_dir"],
-    adapter_dir: AdapterDir = DEFAULTS["adapter_dir"],
+    gguf_dir: GgufDir = GGUF_DIR,
+    merged_dir: MergedDir = MERGED_DIR,
+    adapter_dir: AdapterDir = ADAPTER_DIR,
     force: Force = False,
 ) -> None:
     """Write gguf_models/<persona>/Modelfile: FROM the quantized GGUF, the chat TEMPLATE and
@@ -66,15 +62,13 @@ def modelfile(
     merged folder). Personas come from templates/personas.toml, then ./personas.toml, then
     --personas FILE. Prints the Modelfile's path.
     """
-    from persona_export.layout import Layout
-    from persona_export.stages.modelfile import ModelfileConfig, write_modelfile
+    from persona_export.stages.modelfile import ModelfileConfig, run
 
-    layout = Layout(adapter_dir=adapter_dir, merged_base=merged_dir, gguf_base=gguf_dir)
-    result = write_modelfile(
+    result = run(
         ModelfileConfig(
-            persona=persona,
+            persona,
             quant=quant,
-            layout=layout,
+            layout=layout(adapter_dir, merged_dir, gguf_dir),
             template=template,
             stops=tuple(stop or ()),
             personas_file=personas_file,

@@ -8,25 +8,28 @@ from typing import Annotated
 import typer
 
 from persona_export import console
-from persona_export.cli._app import app
-from persona_export.cli._options import DEFAULTS, AdapterDir, GgufDir, MergedDir, Persona
-from persona_export.cli.modelfile import PersonasFile
-
-
-@app.command(
-    epilog="Example: persona-export ollama --persona captain_codebeard --name "
-    "captain-codebeard:latest   (or: make persona=NAME ollama)",
+from persona_export.cli._options import (
+    ADAPTER_DIR,
+    GGUF_DIR,
+    MERGED_DIR,
+    AdapterDir,
+    GgufDir,
+    MergedDir,
+    ModelName,
+    Persona,
+    PersonasFile,
+    layout,
 )
+
+EPILOG = (
+    "Example: persona-export ollama --persona captain_codebeard --name "
+    "captain-codebeard:latest   (or: make persona=NAME ollama)"
+)
+
+
 def ollama(
     persona: Persona,
-    name: Annotated[
-        str | None,
-        typer.Option(
-            "--name",
-            help="Ollama model name, name[:tag] in lower case (default: the name the Modelfile "
-            "was written for: the persona's ollama_name, else the persona name).",
-        ),
-    ] = None,
+    name: ModelName = None,
     require: Annotated[
         bool,
         typer.Option(
@@ -36,9 +39,9 @@ def ollama(
         ),
     ] = False,
     personas_file: PersonasFile = None,
-    gguf_dir: GgufDir = DEFAULTS["gguf_dir"],
-    merged_dir: MergedDir = DEFAULTS["merged_dir"],
-    adapter_dir: AdapterDir = DEFAULTS["adapter_dir"],
+    gguf_dir: GgufDir = GGUF_DIR,
+    merged_dir: MergedDir = MERGED_DIR,
+    adapter_dir: AdapterDir = ADAPTER_DIR,
 ) -> None:
     """Register gguf_models/<persona>/Modelfile with Ollama as a model.
 
@@ -46,15 +49,13 @@ def ollama(
     REST API at $OLLAMA_HOST (blob upload, then create). With neither, prints the command to
     run later and exits 0 (1 with --require). Prints the model name.
     """
-    from persona_export.layout import Layout
     from persona_export.stages.ollama import OllamaConfig, register
 
-    layout = Layout(adapter_dir=adapter_dir, merged_base=merged_dir, gguf_base=gguf_dir)
     result = register(
         OllamaConfig(
             persona=persona,
             model_name=name,
-            layout=layout,
+            layout=layout(adapter_dir, merged_dir, gguf_dir),
             personas_file=personas_file,
             require=require,
         )

@@ -8,15 +8,28 @@ from typing import Annotated
 import typer
 
 from persona_export import console
-from persona_export.cli._app import app
-from persona_export.cli._options import DEFAULTS, AdapterDir, Force, GgufDir, MergedDir, Persona
+from persona_export.cli._options import (
+    ADAPTER_DIR,
+    GGUF_DIR,
+    MERGED_DIR,
+    QUANT,
+    AdapterDir,
+    Force,
+    GgufDir,
+    MergedDir,
+    Persona,
+    Threads,
+    layout,
+    upper,
+)
 from persona_export.cli.gguf import size_line
 
-
-@app.command(
-    epilog="Example: persona-export quantize --persona captain_codebeard --type Q4_K_M "
-    "--type Q8_0   (or: make persona=NAME quantize)",
+EPILOG = (
+    "Example: persona-export quantize --persona captain_codebeard --type Q4_K_M "
+    "--type Q8_0   (or: make persona=NAME quantize)"
 )
+
+
 def quantize(
     persona: Persona,
     quant_types: Annotated[
@@ -24,7 +37,7 @@ def quantize(
         typer.Option(
             "--type",
             "-t",
-            help="Quantization type, repeatable (default Q4_K_M). Any type llama-quantize "
+            help=f"Quantization type, repeatable (default {QUANT}). Any type llama-quantize "
             "lists, e.g. Q4_K_M, Q5_K_M, Q6_K, Q8_0, IQ4_XS.",
         ),
     ] = None,
@@ -43,35 +56,31 @@ def quantize(
             "and Q2_K_S.",
         ),
     ] = None,
-    threads: Annotated[
-        int | None,
-        typer.Option("--threads", help="Threads for llama-quantize (default: every core)."),
-    ] = None,
-    gguf_dir: GgufDir = DEFAULTS["gguf_dir"],
-    merged_dir: MergedDir = DEFAULTS["merged_dir"],
-    adapter_dir: AdapterDir = DEFAULTS["adapter_dir"],
+    threads: Threads = None,
+    gguf_dir: GgufDir = GGUF_DIR,
+    merged_dir: MergedDir = MERGED_DIR,
+    adapter_dir: AdapterDir = ADAPTER_DIR,
     force: Force = False,
 ) -> None:
     """Quantize gguf_models/<persona>/<persona>-F16.gguf to <persona>-<TYPE>.gguf.
 
     Runs the vendored llama-quantize once per type, checks each result and writes a manifest beside it. Prints one line per type: type, size, bits per weight and path.
     """
-    from persona_export.layout import Layout
-    from persona_export.stages.quantize import DEFAULT_TYPE, QuantizeConfig, run_quantize
+    from persona_export.stages.base import Status
+    from persona_export.stages.quantize import QuantizeConfig, run
 
-    layout = Layout(adapter_dir=adapter_dir, merged_base=merged_dir, gguf_base=gguf_dir)
     config = QuantizeConfig(
-        persona=persona,
-        layout=layout,
-        quant_types=tuple(quant_types or (DEFAULT_TYPE,)),
+        persona,
+        layout=layout(adapter_dir, merged_dir, gguf_dir),
+        quant_types=upper(quant_types, (QUANT,)),
         source=source,
         imatrix=imatrix,
         threads=threads,
         force=force,
     )
-    result = run_quantize(config)
-    for output in result.outputs:
-        if output.skipped:
+    result = run(config)
+    for output in result.quants:
+        if output.status is Status.UP_TO_DATE:
             console.info(f"{output.gguf_path} is up to date (use --force to quantize again)")
         console.out(
             size_line(

@@ -8,12 +8,10 @@ from typing import Annotated
 import typer
 
 from persona_export import console
-from persona_export.cli._app import app
+
+EPILOG = "Example: persona-export vendor   (or: make vendor)"
 
 
-@app.command(
-    epilog="Example: persona-export vendor   (or: make vendor)",
-)
 def vendor(
     sdist: Annotated[
         Path | None,

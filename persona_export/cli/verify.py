@@ -3,47 +3,39 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from persona_export import console
-from persona_export.cli._app import app
-from persona_export.cli._options import DEFAULTS, AdapterDir, Force, GgufDir, MergedDir, Persona
+from persona_export.cli._options import (
+    ADAPTER_DIR,
+    GGUF_DIR,
+    MERGED_DIR,
+    AdapterDir,
+    Force,
+    GgufDir,
+    KlMax,
+    MaxTokens,
+    MergedDir,
+    Persona,
+    PromptsFile,
+    Threads,
+    layout,
+)
 from persona_export.stages.verify import DEFAULT_MAX_TOKENS, Check
 
-QuantTypes = Annotated[
+EPILOG = (
+    "Example: persona-export verify --persona captain_codebeard --quant Q4_K_M   "
+    "(or: make persona=NAME verify)"
+)
+VerifyQuants = Annotated[
     list[str] | None,
     typer.Option(
         "--quant",
         "-q",
         help="Quantized GGUF to compare with the F16 one, repeatable (default: every "
         "<persona>-<TYPE>.gguf there is).",
-    ),
-]
-KlMax = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--kl-max",
-        metavar="TYPE=VALUE",
-        help="Bound on the mean KL divergence F16 -> TYPE, repeatable, e.g. Q4_K_M=0.2 "
-        "(defaults per type: templates/verify_bounds.toml).",
-    ),
-]
-PromptsFile = Annotated[
-    Path | None,
-    typer.Option(
-        "--prompts",
-        help="TOML file of conversations to verify with, replacing templates/verify_prompts.toml.",
-    ),
-]
-MaxTokens = Annotated[
-    int,
-    typer.Option(
-        "--max-tokens",
-        help="Token limit of each answer in the generation check: an answer that reaches it "
-        "without a stop fails.",
     ),
 ]
 
@@ -56,13 +48,9 @@ def check_lines(checks: Sequence[Check]) -> list[str]:
     return lines
 
 
-@app.command(
-    epilog="Example: persona-export verify --persona captain_codebeard --quant Q4_K_M   "
-    "(or: make persona=NAME verify)",
-)
 def verify(
     persona: Persona,
-    quant: QuantTypes = None,
+    quant: VerifyQuants = None,
     base_model_id: Annotated[
         str | None,
         typer.Option(
@@ -101,10 +89,7 @@ def verify(
     kl_max: KlMax = None,
     prompts: PromptsFile = None,
     max_tokens: MaxTokens = DEFAULT_MAX_TOKENS,
-    threads: Annotated[
-        int | None,
-        typer.Option("--threads", help="Threads for llama.cpp (default: every core)."),
-    ] = None,
+    threads: Threads = None,
     hf_dtype: Annotated[
         str,
         typer.Option(
@@ -113,9 +98,9 @@ def verify(
             "parameter of RAM) or bfloat16 (half the memory, looser figures).",
         ),
     ] = "float32",
-    adapter_dir: AdapterDir = DEFAULTS["adapter_dir"],
-    output_dir_base: MergedDir = DEFAULTS["merged_dir"],
-    gguf_dir: GgufDir = DEFAULTS["gguf_dir"],
+    adapter_dir: AdapterDir = ADAPTER_DIR,
+    output_dir_base: MergedDir = MERGED_DIR,
+    gguf_dir: GgufDir = GGUF_DIR,
     force: Force = False,
 ) -> None:
     """Check that the export behaves like base + adapter; write gguf_models/<persona>/verify.json.
@@ -123,14 +108,12 @@ def verify(
     Compares next-token logits on fixed prompts in the persona's chat format: PEFT (unmerged) vs the merged model, the merged model vs the F16 GGUF in llama.cpp (NMSE, top-1), the F16 GGUF vs each quantized one (KL, top-1). Checks that the Modelfile's TEMPLATE (Go, as Ollama renders it) and the GGUF's template (llama-server) render like the HF chat template, that llama.cpp tokenizes the prompt into the same ids, and that greedy answers end on a stop. Prints a table; exits 1 when a check fails. Checks that cannot run here (no Go) are reported as skipped.
     """
     from persona_export.errors import VerificationError
-    from persona_export.layout import Layout
-    from persona_export.stages.verify import VerifyConfig, run_verify
+    from persona_export.stages.verify import VerifyConfig, run
     from persona_export.verify.data import parse_kl_overrides
 
-    layout = Layout(adapter_dir=adapter_dir, merged_base=output_dir_base, gguf_base=gguf_dir)
     config = VerifyConfig(
-        persona=persona,
-        layout=layout,
+        persona,
+        layout=layout(adapter_dir, output_dir_base, gguf_dir),
         quants=tuple(quant or ()),
         source_type=source,
         base_model=base_model_id,
@@ -144,8 +127,8 @@ def verify(
         hf_dtype=hf_dtype,
         force=force,
     )
-    result = run_verify(config)
-    if result.skipped:
+    result = run(config)
+    if result.up_to_date:
         console.info(f"{result.report} is up to date and passed (use --force to verify again)")
     for line in check_lines(result.checks):
         console.out(line)

@@ -24,6 +24,9 @@ import sys
 from typing import Any
 
 PLAIN_ENV = "PERSONA_EXPORT_PLAIN_CONVERTER"
+# The first line the launcher prints when the faster cast is in place (the gguf stage records
+# what happened, not what was asked).
+INSTALLED_MARK = "persona-export launcher: float16 cast through torch"
 
 
 def cast_f16(array: Any) -> Any:
@@ -79,7 +82,8 @@ def main(argv: list[str]) -> None:
     # `python -m` put the working directory first on the path; `python SCRIPT` puts the
     # script's folder there (the converter imports its `conversion` package from it)
     sys.path[0] = os.path.dirname(script)
-    install()
+    if install():
+        print(INSTALLED_MARK, file=sys.stderr, flush=True)
     runpy.run_path(script, run_name="__main__")
 
 

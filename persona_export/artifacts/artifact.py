@@ -1,0 +1,248 @@
+"""The one answer to "is this output up to date?", and the one way outputs are written.
+
+A stage declares an :class:`Artifact`: the output (a file, or a folder), the options and
+inputs it is made from, the inputs it must never overwrite, and hash hints other manifests
+already hold. The artifact then answers :meth:`~Artifact.fresh`, writes atomically
+(:meth:`~Artifact.write`: a temporary sibling, renamed into place only when complete) and
+records the manifest.
+
+What an artifact may replace: only an output that carries our manifest for the same stage
+(or one of our own temporaries). Anything else in the way (a user's folder, a file persona-
+export did not write, files a user added to one of our folders, an output that is, contains
+or sits inside an input) is refused with a one-line error before anything is written.
+
+File outputs: the manifest (which records the temporary file's size and mtime, kept by the
+rename) is written *before* the file is renamed into place, so a file never sits at its
+final name without the manifest that vouches for it; an interruption between the two leaves
+a manifest that no longer matches, and the next run redoes the work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from persona_export.artifacts.atomic import atomic_dir, remove_stale_temporaries, temp_sibling
+from persona_export.artifacts.files import (
+    DIR_MANIFEST,
+    FileRecord,
+    list_files,
+    read_json,
+    record_file,
+    write_json_atomic,
+)
+from persona_export.artifacts.hashing import BackgroundRecords
+from persona_export.artifacts.manifest import Manifest, manifest_path_for, matches
+from persona_export.errors import OutputConflictError
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One output of a stage and the manifest that says it is complete.
+
+    ``path``: the output file or (``folder=True``) folder. ``output_name``: the key of a file
+    output in the manifest. ``manifest_file``: defaults to ``persona_export_manifest.json``
+    inside a folder and ``<file>.manifest.json`` beside a file; a report that *is* its own
+    manifest (verify.json) sets it to ``path``. ``protected``: inputs the output must not be,
+    contain or sit inside. ``known``: hash hints (name -> recorded FileRecord JSON), trusted
+    only while the file's size and mtime are unchanged. ``owner_markers``: other file names
+    inside a folder that prove an older persona-export wrote it.
+    """
+
+    stage: str
+    path: Path
+    options: Mapping[str, Any]
+    inputs: Mapping[str, Path]
+    folder: bool = False
+    output_name: str = "output"
+    manifest_file: Path | None = None
+    protected: Sequence[Path] = ()
+    known: Mapping[str, Any] = field(default_factory=dict)
+    owner_markers: Sequence[str] = ()
+
+    @property
+    def manifest(self) -> Path:
+        if self.manifest_file is not None:
+            return self.manifest_file
+        return self.path / DIR_MANIFEST if self.folder else manifest_path_for(self.path)
+
+    @property
+    def is_report(self) -> bool:
+        """The output is its own manifest (nothing else is written)."""
+        return self.manifest == self.path
+
+    def recorded(self) -> dict[str, Any] | None:
+        """The manifest as it is on disk (None: absent or unreadable)."""
+        return read_json(self.manifest)
+
+    def current_outputs(self) -> dict[str, Path]:
+        """The output files as they are now, under the names the manifest uses."""
+        if self.is_report:
+            return {}
+        if self.folder:
+            return list_files(self.path) if self.path.is_dir() else {}
+        return {self.output_name: self.path}
+
+    def fresh(self, *, force: bool = False) -> bool:
+        """Whether the output exists and its manifest matches these options and inputs
+        (inputs by content, hashes cached by size and mtime; outputs by size and mtime)."""
+        if force or not (self.path.is_dir() if self.folder else self.path.is_file()):
+            return False
+        return matches(
+            self.recorded(),
+            options=self.options,
+            inputs=self.inputs,
+            outputs=self.current_outputs(),
+        )
+
+    # -- replacing safely -----------------------------------------------------------------
+
+    def check_writable(self) -> None:
+        """Raise :class:`OutputConflictError` unless the output may be written: it neither
+        is, contains nor sits inside a protected input, and whatever is at its place now is
+        ours (see the module docstring)."""
+        target = _resolved(self.path)
+        for protected in self.protected:
+            other = _resolved(protected)
+            if target == other or other.is_relative_to(target) or target.is_relative_to(other):
+                relation = (
+                    "is"
+                    if target == other
+                    else "contains"
+                    if other.is_relative_to(target)
+                    else "sits inside"
+                )
+                raise OutputConflictError(
+                    f"the {self.stage} output {self.path} {relation} its input {protected}; "
+                    "nothing was written",
+                    "choose output folders apart from the base model and the adapters "
+                    "(--output-dir-base, --gguf-dir)",
+                )
+        if not (self.path.exists() or self.path.is_symlink()):
+            return
+        problem = self._foreign()
+        if problem:
+            raise OutputConflictError(
+                f"{self.path} {problem}; persona-export replaces only what it wrote, so it was "
+                "left untouched",
+                "move it out of the way (or choose another output folder), then run again",
+            )
+
+    def _foreign(self) -> str | None:
+        """Why what sits at ``path`` is not ours to replace (None: it is ours)."""
+        if self.path.is_symlink():
+            return "is a symbolic link"
+        if self.folder != self.path.is_dir():
+            return "is a folder" if self.path.is_dir() else "is a file, not a folder"
+        recorded = self.recorded()
+        if recorded is None or recorded.get("stage") != self.stage:
+            if self.folder and any((self.path / m).is_file() for m in self.owner_markers):
+                return None
+            what = "no readable manifest" if recorded is None else "another stage's manifest"
+            return f"exists and was not written by the {self.stage} stage ({what})"
+        if self.folder:
+            ours = set((recorded.get("outputs") or {}).keys())
+            added = sorted(set(list_files(self.path)) - ours)
+            if added:
+                shown = ", ".join(added[:3]) + (f" and {len(added) - 3} more" if added[3:] else "")
+                return f"holds files persona-export did not write ({shown})"
+        return None
+
+    def clean_temporaries(self) -> list[Path]:
+        """Remove what interrupted runs left beside the output (their writers are gone)."""
+        return remove_stale_temporaries(self.path.parent, self.path.name)
+
+    # -- writing --------------------------------------------------------------------------
+
+    def hash_inputs(self) -> BackgroundRecords:
+        """Start fingerprinting the inputs in a thread (hash hints: ``known``, then the
+        previous manifest's inputs)."""
+        recorded = (self.recorded() or {}).get("inputs")
+        known = {**(recorded if isinstance(recorded, dict) else {}), **dict(self.known)}
+        return BackgroundRecords(self.inputs, known)
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Writing]:
+        """Check the output may be written, clean stale temporaries, and yield a
+        :class:`Writing` whose ``tmp`` the stage fills and whose :meth:`Writing.record` it
+        calls when the output is complete; on success the output is renamed into place.
+        On an exception nothing is left behind and the old output stays as it was."""
+        self.check_writable()
+        self.clean_temporaries()
+        started = time.monotonic()
+        if self.is_report:
+            writing = Writing(self, self.path, started)
+            yield writing
+            writing.require_recorded()
+            return
+        if self.folder:
+            with atomic_dir(self.path) as tmp:
+                writing = Writing(self, tmp, started)
+                yield writing
+                writing.require_recorded()
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_sibling(self.path, "partial")
+        writing = Writing(self, tmp, started)
+        try:
+            yield writing
+            writing.require_recorded()
+            os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+class Writing:
+    """An output being written: ``tmp`` is where it goes; :meth:`record` writes the
+    manifest once it is complete."""
+
+    def __init__(self, artifact: Artifact, tmp: Path, started: float) -> None:
+        self.artifact = artifact
+        self.tmp = tmp
+        self.started = started
+        self.manifest: dict[str, Any] | None = None
+
+    def record(
+        self,
+        inputs: Mapping[str, FileRecord],
+        *,
+        extra: Mapping[str, Any],
+        outputs: Mapping[str, FileRecord] | None = None,
+        seconds: float | None = None,
+    ) -> dict[str, Any]:
+        """Write the manifest: ``inputs`` as hashed, the outputs (given records, the rest
+        fingerprinted from ``tmp`` now), the options, the time and ``extra``."""
+        artifact = self.artifact
+        recorded = dict(outputs or {})
+        if artifact.folder:
+            for name, path in list_files(self.tmp).items():
+                if name not in recorded:
+                    recorded[name] = record_file(path)
+        elif not artifact.is_report and artifact.output_name not in recorded:
+            recorded[artifact.output_name] = record_file(self.tmp)
+        manifest = Manifest(
+            stage=artifact.stage,
+            options=artifact.options,
+            inputs=inputs,
+            outputs=recorded,
+            seconds=time.monotonic() - self.started if seconds is None else seconds,
+            extra=extra,
+        ).to_json()
+        target = self.tmp / DIR_MANIFEST if artifact.folder else artifact.manifest
+        write_json_atomic(target, manifest)
+        self.manifest = manifest
+        return manifest
+
+    def require_recorded(self) -> None:
+        if self.manifest is None:
+            raise RuntimeError(f"{self.artifact.stage}: the output was not recorded")
+
+
+def _resolved(path: Path) -> Path:
+    return Path(os.path.realpath(os.path.abspath(path)))

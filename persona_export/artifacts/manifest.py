@@ -1,0 +1,125 @@
+"""Manifests: what a stage records about an output it wrote.
+
+A manifest says which inputs (by content hash) and options an output was made from and what
+the output was when written. A stage trusts an existing output only when its manifest still
+matches: same options, inputs with the same content (hashes are cached by size and mtime, so
+an unchanged multi-GB input costs a ``stat``), outputs unchanged since they were written.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from persona_export import __version__
+from persona_export.artifacts.files import MANIFEST_SUFFIX, FileRecord, read_json, record_file
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a stage records about one output.
+
+    ``inputs`` and ``outputs`` map a name to a file record; ``options`` is any JSON-able
+    dict that changes the output when it changes; ``extra`` holds the stage's figures.
+    """
+
+    stage: str
+    options: Mapping[str, Any]
+    inputs: Mapping[str, FileRecord]
+    outputs: Mapping[str, FileRecord]
+    seconds: float
+    extra: Mapping[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "persona_export_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "seconds": round(self.seconds, 3),
+            "options": dict(self.options),
+            "inputs": {k: v.to_json() for k, v in self.inputs.items()},
+            "outputs": {k: v.to_json() for k, v in self.outputs.items()},
+            **dict(self.extra),
+        }
+
+
+def manifest_path_for(artifact: Path) -> Path:
+    """Where the manifest of a file artifact lives (beside it)."""
+    return artifact.with_name(artifact.name + MANIFEST_SUFFIX)
+
+
+def same_options(recorded: Any, options: Mapping[str, Any]) -> bool:
+    """Whether recorded options equal ``options`` once both are JSON."""
+    return bool(recorded == json.loads(json.dumps(dict(options))))
+
+
+def matches(
+    data: Mapping[str, Any] | None,
+    *,
+    options: Mapping[str, Any],
+    inputs: Mapping[str, Path],
+    outputs: Mapping[str, Path],
+) -> bool:
+    """True when manifest ``data`` says the outputs were made from these inputs and options
+    and nothing has changed since (inputs by content, outputs by size and mtime)."""
+    if data is None or not same_options(data.get("options"), options):
+        return False
+    recorded_in = data.get("inputs", {})
+    recorded_out = data.get("outputs", {})
+    if set(recorded_in) != set(inputs) or set(recorded_out) != set(outputs):
+        return False
+    for name, path in outputs.items():
+        rec = recorded_out[name]
+        try:
+            st = path.stat()
+        except OSError:
+            return False
+        if st.st_size != rec.get("size") or st.st_mtime_ns != rec.get("mtime_ns"):
+            return False
+    for name, path in inputs.items():
+        try:
+            if record_file(path, recorded_in[name]).sha256 != recorded_in[name].get("sha256"):
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def is_fresh(
+    manifest_file: Path,
+    *,
+    options: Mapping[str, Any],
+    inputs: Mapping[str, Path],
+    outputs: Mapping[str, Path],
+) -> bool:
+    """:func:`matches` for the manifest stored at ``manifest_file``."""
+    return matches(read_json(manifest_file), options=options, inputs=inputs, outputs=outputs)
+
+
+def known_records(manifest_file: Path, section: str, root: Path | None = None) -> dict[str, Any]:
+    """The file records a manifest holds in ``section`` ("inputs" or "outputs"), usable as
+    the ``known`` hash cache of :func:`record_file` (trusted only when size and mtime match).
+    With ``root``, keys that are paths are made relative to it."""
+    data = read_json(manifest_file) or {}
+    records = data.get(section)
+    if not isinstance(records, dict):
+        return {}
+    known: dict[str, Any] = {}
+    for key, rec in records.items():
+        if not isinstance(rec, dict) or "sha256" not in rec:
+            continue
+        known[key] = rec
+        if root is not None:
+            path = Path(key)
+            try:
+                rel = (path if path.is_absolute() else Path.cwd() / path).relative_to(
+                    root.resolve()
+                )
+            except ValueError:
+                continue
+            known.setdefault(rel.as_posix(), rec)
+    return known
