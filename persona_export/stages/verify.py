@@ -27,7 +27,6 @@ non-zero with :class:`~persona_export.errors.VerificationError`).
 from __future__ import annotations
 
 import gc
-import os
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -54,7 +53,7 @@ from persona_export.errors import (
 )
 from persona_export.layout import DEFAULT_BASE_MODEL, Layout, check_persona
 from persona_export.llamacpp import vendor
-from persona_export.ollama.modelfile_syntax import parse
+from persona_export.ollama.modelfile import Modelfile
 from persona_export.verify.data import (
     Bounds,
     Turn,
@@ -137,17 +136,6 @@ class VerifyResult:
 
 
 @dataclass(frozen=True)
-class ModelfileInfo:
-    """What a Modelfile tells a runtime: the GGUF, TEMPLATE, SYSTEM and stop list."""
-
-    path: Path
-    gguf: Path
-    template: str | None
-    system: str | None
-    stops: tuple[str, ...]
-
-
-@dataclass(frozen=True)
 class _Prompt:
     messages: tuple[Turn, ...]  # with the system prompt, when there is one
     turns: tuple[Turn, ...]  # without it (Ollama adds the Modelfile's SYSTEM itself)
@@ -158,31 +146,6 @@ class _Prompt:
 # --------------------------------------------------------------------------------------------
 # Inputs
 # --------------------------------------------------------------------------------------------
-
-
-def read_modelfile(path: Path) -> ModelfileInfo:
-    """Parse ``path`` as Ollama does; the FROM GGUF must exist."""
-    if not path.is_file():
-        raise InputNotFoundError(
-            f"no Modelfile at {path}",
-            "write it first: persona-export modelfile --persona NAME",
-        )
-    commands = parse(path.read_text(encoding="utf-8"))
-    values: dict[str, str] = {}
-    stops: list[str] = []
-    for command in commands:
-        if command.name == "stop":
-            stops.append(command.args)
-        else:
-            values[command.name] = command.args  # the last one counts, as in Ollama
-    source = Path(os.path.expanduser(values["model"]))
-    gguf = source if source.is_absolute() else path.parent / source
-    if not gguf.is_file():
-        raise InputNotFoundError(
-            f"{path}: FROM names {values['model']}, which does not exist",
-            "re-run: persona-export modelfile --persona NAME",
-        )
-    return ModelfileInfo(path, gguf, values.get("template"), values.get("system"), tuple(stops))
 
 
 def _quant_paths(config: VerifyConfig, persona: str) -> dict[str, Path]:
@@ -496,7 +459,7 @@ def _logit_checks(
 def _server_checks(
     config: VerifyConfig,
     prompts: Sequence[_Prompt],
-    modelfile: ModelfileInfo,
+    modelfile: Modelfile,
     bos: str | None,
     work_dir: Path,
 ) -> list[Check]:
@@ -664,7 +627,9 @@ def run_verify(config: VerifyConfig) -> VerifyResult:
     persona = check_persona(config.persona)
     merged_dir, adapter_dir, source = _check_inputs(config, persona)
     quants = _quant_paths(config, persona)
-    modelfile = read_modelfile(config.layout.modelfile(persona))
+    modelfile_path = config.layout.modelfile(persona)
+    modelfile = Modelfile.read(modelfile_path)
+    modelfile.require_gguf()
     bounds = load_bounds(
         merged_dtype=merged_dtype(merged_dir),
         peft_nmse_max=config.peft_nmse_max,
@@ -679,7 +644,7 @@ def run_verify(config: VerifyConfig) -> VerifyResult:
 
     ggufs = {config.source_type.upper(): source, **quants, "modelfile": modelfile.gguf}
     inputs = _input_files(
-        merged_dir, adapter_dir, base_dir, ggufs, modelfile.path, prompts_path(config.prompts_file)
+        merged_dir, adapter_dir, base_dir, ggufs, modelfile_path, prompts_path(config.prompts_file)
     )
     options = {
         "format": REPORT_FORMAT,
@@ -705,7 +670,7 @@ def run_verify(config: VerifyConfig) -> VerifyResult:
         stored = _load_report(report)
         return VerifyResult(persona, report, stored, True, True, time.monotonic() - started)
 
-    known = _known(merged_dir, ggufs, modelfile.path, previous.get("inputs") or {})
+    known = _known(merged_dir, ggufs, modelfile_path, previous.get("inputs") or {})
     check_memory(merged_dir, config.hf_dtype)
     prompts, bos = _prompts(merged_dir, modelfile.system, conversations)
     with tempfile.TemporaryDirectory(prefix=f".verify-{persona}-", dir=report.parent) as tmp:
