@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from persona_export.errors import UsageError
+from persona_export.ollama.modelfile import Modelfile
 from persona_export.ollama.modelfile_syntax import ModelfileSyntaxError, parse, quote
 from persona_export.ollama.rules import (
     DEPRECATED_PARAMETERS,
@@ -22,7 +23,6 @@ from persona_export.ollama.rules import (
     check_model_name,
     is_valid_model_name,
 )
-from persona_export.stages.modelfile import ModelfileSpec, render_modelfile
 from tests.modelfile_parser import parse_modelfile
 
 TEMPLATE = "{{- range .Messages }}<|{{ .Role }}|>{{ .Content }}<|end|>{{ end }}<|assistant|>"
@@ -49,9 +49,7 @@ def _expressible(text: str) -> bool:
 
 
 def _write(**fields: Any) -> str:
-    return render_modelfile(
-        ModelfileSpec(from_path="./cap-Q4_K_M.gguf", template=TEMPLATE, **fields)
-    )
+    return Modelfile.build("./cap-Q4_K_M.gguf", TEMPLATE, **fields).render()
 
 
 # --- examples --------------------------------------------------------------------------

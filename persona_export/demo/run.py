@@ -81,9 +81,10 @@ def ask(modelfile_path: Path, question: str, log_dir: Path, *, max_tokens: int =
     Modelfile's stops."""
     from persona_export.llamacpp.server import llama_server
     from persona_export.ollama.gotemplate import find_renderer
-    from persona_export.stages.verify import read_modelfile
+    from persona_export.ollama.modelfile import Modelfile
 
-    modelfile = read_modelfile(modelfile_path)
+    modelfile = Modelfile.read(modelfile_path)
+    gguf = modelfile.require_gguf()
     turns = [{"role": "user", "content": question}]
     prompt: str | None = None
     rendered_by = "Go (the Modelfile's TEMPLATE)"
@@ -91,7 +92,7 @@ def ask(modelfile_path: Path, question: str, log_dir: Path, *, max_tokens: int =
     if renderer is not None and modelfile.template is not None:
         (rendered,) = renderer.render_many([(modelfile.template, turns, modelfile.system or "")])
         prompt = rendered.output
-    with llama_server(modelfile.gguf, log_dir, ctx_size=2048) as server:
+    with llama_server(gguf, log_dir, ctx_size=2048) as server:
         if prompt is None:
             rendered_by = "llama.cpp (the GGUF's template)"
             system = [{"role": "system", "content": modelfile.system}] if modelfile.system else []

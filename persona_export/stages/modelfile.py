@@ -11,20 +11,20 @@
 * the persona's other ``PARAMETER``s and ``SYSTEM`` (templates/personas.toml and the user's
   persona files), and ``LICENSE`` when the merged folder carries one.
 
-Every value is quoted so that Ollama's parser reads back exactly the text meant; the written
-file is parsed back before it replaces the old one, and a manifest records what it was made
-from. Rendering is ``templates/Modelfile.j2`` (Jinja2, StrictUndefined).
+The stage only orchestrates: it detects the template, chooses the stops, reads the persona
+and writes the file with its manifest. The text comes from
+:class:`~persona_export.ollama.modelfile.Modelfile` (``templates/Modelfile.j2``; every value
+quoted so that Ollama's parser reads back exactly the text meant, and the text parsed back
+before it replaces the old file).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from persona_export import __version__
 from persona_export.artifacts import (
     FileRecord,
     Manifest,
@@ -35,12 +35,7 @@ from persona_export.artifacts import (
     record_file,
     write_json_atomic,
 )
-from persona_export.errors import (
-    InputNotFoundError,
-    InvalidInputError,
-    UnsupportedError,
-    UsageError,
-)
+from persona_export.errors import InputNotFoundError, UnsupportedError, UsageError
 from persona_export.hf.chat_formats import (
     TEMPLATE_HINT,
     ChatFormat,
@@ -50,13 +45,8 @@ from persona_export.hf.chat_formats import (
 )
 from persona_export.hf.tokenizer import TokenizerInfo, from_gguf, from_hf_folder, gguf_adds_bos
 from persona_export.layout import Layout, check_persona
-from persona_export.ollama.modelfile_syntax import (
-    ModelfileSyntaxError,
-    parse,
-    quote,
-    unwritable_char,
-)
-from persona_export.ollama.rules import check_parameters, parameter_text
+from persona_export.ollama.modelfile import Header, Modelfile
+from persona_export.ollama.modelfile_syntax import ModelfileSyntaxError, quote, unwritable_char
 from persona_export.personas import Persona, find_persona, persona_files
 
 STAGE = "modelfile"
@@ -256,109 +246,6 @@ def _license(merged: Path) -> tuple[Path | None, str | None, list[str]]:
     return path, text, warnings
 
 
-def _comment(text: Any) -> str:
-    return " ".join(str(text).split())
-
-
-@dataclass(frozen=True)
-class ModelfileSpec:
-    """Everything a Modelfile says, as plain text and values (before any quoting).
-
-    ``from_path`` is written as is (relative to the Modelfile). ``parameters`` are checked
-    against Ollama's names and types when written; ``stop`` belongs in ``stops``.
-    The remaining fields only feed the comments at the top.
-    """
-
-    from_path: str
-    template: str
-    stops: tuple[str, ...] = ()
-    parameters: Mapping[str, Any] = field(default_factory=dict)
-    system: str | None = None
-    license: str | None = None
-    persona: str = "persona"
-    display_name: str = "persona"
-    model_name: str = "persona"
-    quant: str = "Q4_K_M"
-    format_title: str = "custom"
-    template_source: str = "--template"
-
-
-def render_modelfile(spec: ModelfileSpec) -> str:
-    """The Modelfile text for ``spec`` (templates/Modelfile.j2), checked by reading it back
-    the way Ollama does.
-
-    Raises :class:`UsageError` for parameters Ollama does not accept and for text no
-    Modelfile quoting can carry (a CR, a character Ollama drops, an unquotable \"\"\").
-    """
-    import jinja2
-
-    checked, extra_stops, _warnings = check_parameters(spec.parameters, where="parameters")
-    stops = tuple(dict.fromkeys([*spec.stops, *extra_stops]))
-    try:
-        context = {
-            "persona": spec.persona,
-            "display_name": spec.display_name,
-            "model_name": spec.model_name,
-            "version": __version__,
-            "quant": spec.quant,
-            "format_title": spec.format_title,
-            "template_source": spec.template_source,
-            "from_value": quote(spec.from_path, what="FROM"),
-            "template_value": quote(spec.template, what="TEMPLATE", block=True),
-            "stop_values": [quote(s, what=f"stop {s!r}") for s in stops],
-            "parameter_values": [
-                (name, quote(parameter_text(name, value), what=f"parameter {name}"))
-                for name, value in checked.items()
-            ],
-            "system_value": (
-                None
-                if spec.system is None
-                else quote(spec.system, what="the SYSTEM prompt", block=True)
-            ),
-            "license_value": (
-                None if spec.license is None else quote(spec.license, what="LICENSE", block=True)
-            ),
-        }
-    except ModelfileSyntaxError as exc:
-        raise UsageError(exc.message, exc.hint) from exc
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates_dir())),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        autoescape=False,  # a Modelfile, not HTML
-    )
-    env.filters["comment"] = _comment
-    text = env.get_template("Modelfile.j2").render(**context)
-    _check_round_trip(text, spec, stops, checked)
-    return text
-
-
-def _check_round_trip(
-    text: str, spec: ModelfileSpec, stops: tuple[str, ...], parameters: dict[str, Any]
-) -> None:
-    """Parse ``text`` as Ollama would and insist it says exactly what was meant."""
-    got: dict[str, list[str]] = {}
-    for command in parse(text):
-        got.setdefault(command.name, []).append(command.args)
-    want: dict[str, list[str]] = {"model": [spec.from_path], "template": [spec.template]}
-    if stops:
-        want["stop"] = list(stops)
-    for name, value in parameters.items():
-        want[name] = [parameter_text(name, value)]
-    if spec.system is not None:
-        want["system"] = [spec.system]
-    if spec.license is not None:
-        want["license"] = [spec.license]
-    if got != want:
-        raise InvalidInputError(
-            "internal error: the rendered Modelfile does not read back as written "
-            f"(keys {sorted(got)} vs {sorted(want)})",
-            "this is a bug in persona-export or templates/Modelfile.j2; please report it",
-        )
-
-
 def _gguf_record(gguf: Path) -> FileRecord:
     # The quantize stage's manifest already holds the GGUF's hash: reuse it when the file is
     # unchanged, so a multi-GB file is not read again.
@@ -427,13 +314,7 @@ def write_modelfile(config: ModelfileConfig) -> ModelfileResult:
     license_file, license_text, license_warnings = _license(layout.merged(persona))
     warnings += license_warnings
 
-    spec = ModelfileSpec(
-        from_path=f"./{gguf.name}",
-        template=chosen.text,
-        stops=stops,
-        parameters=definition.parameters,
-        system=system,
-        license=license_text,
+    header = Header(
         persona=persona,
         display_name=definition.display_name,
         model_name=definition.ollama_name,
@@ -442,7 +323,14 @@ def write_modelfile(config: ModelfileConfig) -> ModelfileResult:
         template_source=chosen.source,
     )
     try:
-        text = render_modelfile(spec)
+        text = Modelfile.build(
+            f"./{gguf.name}",
+            chosen.text,
+            stops=stops,
+            parameters=definition.parameters,
+            system=system,
+            license=license_text,
+        ).render(header)
     except UsageError as exc:
         raise UsageError(f"persona {persona!r}: {exc.message}", exc.hint) from exc
     payload = text.encode("utf-8")

@@ -28,7 +28,6 @@ returns the result; the caller decides what a failure means.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,11 +46,11 @@ from persona_export.artifacts.hashing import BackgroundRecords
 from persona_export.errors import InputNotFoundError, UsageError
 from persona_export.layout import DEFAULT_BASE_MODEL, Layout
 from persona_export.llamacpp import vendor
-from persona_export.ollama.modelfile_syntax import parse
+from persona_export.ollama.modelfile import Modelfile
 from persona_export.stages.base import StageConfig, StageResult, Status
 from persona_export.verify.checks import FAILED, PASSED, SKIPPED, Check, error_check
 from persona_export.verify.data import bounds_path, load_bounds, load_conversations, prompts_path
-from persona_export.verify.engines import Engines, ModelfileView, logit_checks, server_checks
+from persona_export.verify.engines import Engines, logit_checks, server_checks
 from persona_export.verify.memory import check_memory, merged_dtype
 
 __all__ = ["FAILED", "PASSED", "SKIPPED", "Check", "VerifyConfig", "VerifyResult", "run"]
@@ -112,31 +111,6 @@ class VerifyResult(StageResult):
 # --------------------------------------------------------------------------------------------
 # Inputs
 # --------------------------------------------------------------------------------------------
-
-
-def read_modelfile(path: Path) -> ModelfileView:
-    """Parse ``path`` as Ollama does; the FROM GGUF must exist."""
-    if not path.is_file():
-        raise InputNotFoundError(
-            f"no Modelfile at {path}",
-            "write it first: persona-export modelfile --persona NAME",
-        )
-    commands = parse(path.read_text(encoding="utf-8"))
-    values: dict[str, str] = {}
-    stops: list[str] = []
-    for command in commands:
-        if command.name == "stop":
-            stops.append(command.args)
-        else:
-            values[command.name] = command.args  # the last one counts, as in Ollama
-    source = Path(os.path.expanduser(values["model"]))
-    gguf = source if source.is_absolute() else path.parent / source
-    if not gguf.is_file():
-        raise InputNotFoundError(
-            f"{path}: FROM names {values['model']}, which does not exist",
-            "re-run: persona-export modelfile --persona NAME",
-        )
-    return ModelfileView(path, gguf, values.get("template"), values.get("system"), tuple(stops))
 
 
 def _quant_paths(config: VerifyConfig) -> dict[str, Path]:
@@ -251,7 +225,7 @@ class _Plan:
     adapter_dir: Path
     source: Path
     quants: dict[str, Path]
-    modelfile: ModelfileView
+    modelfile: Modelfile
     base_dir: Path
     artifact: Artifact
 
@@ -261,7 +235,8 @@ def _plan(config: VerifyConfig) -> _Plan:
 
     merged_dir, adapter_dir, source = _check_inputs(config)
     quants = _quant_paths(config)
-    modelfile = read_modelfile(config.layout.modelfile(config.persona))
+    modelfile = Modelfile.read(config.layout.modelfile(config.persona))
+    modelfile.require_gguf()
     bounds = _bounds(config, merged_dir)
     base_model = _base_model(config, merged_dir)
     base_dir = resolve_base_model(base_model)
@@ -271,7 +246,7 @@ def _plan(config: VerifyConfig) -> _Plan:
         config.persona,
         base_dir,
         ggufs,
-        modelfile.path,
+        config.layout.modelfile(config.persona),
         prompts_path(config.prompts_file),
     )
     report = config.layout.verify_report(config.persona)

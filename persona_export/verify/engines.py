@@ -19,6 +19,7 @@ from pathlib import Path
 
 from persona_export import console
 from persona_export.errors import PersonaExportError
+from persona_export.ollama.modelfile import Modelfile
 from persona_export.verify.checks import (
     FAILED,
     SKIPPED,
@@ -122,19 +123,8 @@ def logit_checks(engines: Engines, bounds: Bounds, prompts: Sequence[Prompt]) ->
     return checks
 
 
-@dataclass(frozen=True)
-class ModelfileView:
-    """What the server checks need from the Modelfile."""
-
-    path: Path
-    gguf: Path
-    template: str | None
-    system: str | None
-    stops: tuple[str, ...]
-
-
 def _go_template_check(
-    modelfile: ModelfileView, prompts: Sequence[Prompt], bos: str | None
+    modelfile: Modelfile, prompts: Sequence[Prompt], bos: str | None
 ) -> tuple[Check, list[str | None] | None]:
     from persona_export.ollama.gotemplate import GO_MISSING, find_renderer
 
@@ -157,7 +147,7 @@ def _go_template_check(
 
 
 def server_checks(
-    modelfile: ModelfileView,
+    modelfile: Modelfile,
     prompts: Sequence[Prompt],
     bos: str | None,
     *,
