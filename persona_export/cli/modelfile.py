@@ -75,10 +75,6 @@ def modelfile(
             force=force,
         )
     )
-    for note in result.notes:
-        console.info(note)
-    for warning in result.warnings:
-        console.warn(warning)
     console.info("stop: " + ", ".join(result.stops))
     if result.up_to_date:
         console.info(f"{result.modelfile} is up to date (use --force to write it again)")

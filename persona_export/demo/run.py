@@ -125,7 +125,8 @@ def run_demo(config: DemoConfig) -> DemoResult:
         train_adapter,
     )
     from persona_export.errors import InvalidInputError
-    from persona_export.stages.export import ExportConfig, run_export
+    from persona_export.stages.export import ExportConfig
+    from persona_export.stages.export import run as run_export
 
     started = time.monotonic()
     seconds: dict[str, float] = {}
