@@ -4,13 +4,12 @@ command logged, the exit code checked, and the tail of its output in the error."
 from __future__ import annotations
 
 import os
-import shlex
 import subprocess
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from persona_export import console
 from persona_export.errors import ExternalToolError, ToolMissingError
 
 
@@ -49,8 +48,7 @@ def run(
     false.
     """
     argv = [os.fspath(a) for a in args]
-    if os.environ.get("PERSONA_EXPORT_DEBUG"):
-        print(f"$ {shlex.join(argv)}", file=sys.stderr)
+    console.command(argv)
     full_env = None if env is None else {**os.environ, **env}
     collected: list[str] = []
     log = open(log_path, "w", encoding="utf-8") if log_path else None  # noqa: SIM115

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import traceback
 from typing import Any
@@ -10,13 +9,8 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
+from persona_export.console import DEBUG_VAR, debug_enabled
 from persona_export.errors import PersonaExportError
-
-DEBUG_VAR = "PERSONA_EXPORT_DEBUG"
-
-
-def _debug() -> bool:
-    return os.environ.get(DEBUG_VAR, "") not in ("", "0", "false", "no")
 
 
 def report_error(message: str, hint: str = "") -> None:
@@ -38,7 +32,7 @@ class HandledGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except PersonaExportError as exc:
-            if _debug():
+            if debug_enabled():
                 traceback.print_exc()
             report_error(exc.message, exc.hint)
             raise typer.Exit(exc.exit_code) from None
@@ -46,14 +40,14 @@ class HandledGroup(TyperGroup):
             typer.echo("interrupted; outputs of the unfinished stage were discarded", err=True)
             raise typer.Exit(130) from None
         except OSError as exc:
-            if _debug():
+            if debug_enabled():
                 traceback.print_exc()
             report_error(str(exc), "check the path, free disk space and permissions")
             raise typer.Exit(1) from None
         except (typer.TyperException, typer.Exit, typer.Abort):
             raise
         except Exception as exc:  # a bug: still one line unless debugging
-            if _debug():
+            if debug_enabled():
                 raise
             report_error(
                 f"internal error: {type(exc).__name__}: {exc}",

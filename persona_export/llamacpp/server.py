@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from persona_export import console
 from persona_export.errors import ExternalToolError
 from persona_export.llamacpp import vendor
 from persona_export.proc import tail
@@ -184,8 +183,7 @@ def llama_server(
         args += ["--chat-template-file", str(chat_template_file)]
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"llama-server-{port}.log"
-    if os.environ.get("PERSONA_EXPORT_DEBUG"):
-        print(f"$ {shlex.join(args)}", file=sys.stderr)
+    console.command(args)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
