@@ -3,11 +3,19 @@ reaped, logs never written through links."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import stat
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
-from persona_export import console
+from persona_export import console, proc
+from persona_export.errors import ExternalToolError, ToolMissingError
 from persona_export.proc import run
 
 
@@ -35,3 +43,240 @@ def test_run_prints_the_command_only_when_debugging(
     run([sys.executable, "-c", "pass"], what="nothing")
     err = capsys.readouterr().err
     assert ("$ " in err and "-c pass" in err) is shown, err
+
+
+# --------------------------------------------------------------------------------------
+# The child is always stopped and reaped
+# --------------------------------------------------------------------------------------
+
+# Prints its pid, then a line every 50 ms for a minute (unless stopped).
+TALKER = (
+    "import os, sys, time\n"
+    "print(os.getpid(), flush=True)\n"
+    "for _ in range(1200):\n"
+    "    print('tick', flush=True); time.sleep(0.05)\n"
+)
+
+
+def _gone(pid: int) -> bool:
+    """Whether ``pid`` no longer exists at all: exited *and* reaped (a zombie still does)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def _kill_leftover(pid: int | None) -> None:
+    if pid is not None and not _gone(pid):
+        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("exc_type", [_Stop, KeyboardInterrupt])
+def test_child_is_stopped_and_reaped_when_the_callback_raises(
+    exc_type: type[BaseException],
+) -> None:
+    pids: list[int] = []
+
+    def on_line(line: str) -> None:
+        if not pids:
+            pids.append(int(line))
+        elif line == "tick":
+            raise exc_type("stop reading")
+
+    try:
+        with pytest.raises(exc_type):
+            run([sys.executable, "-c", TALKER], what="talker", on_line=on_line)
+        assert pids and _gone(pids[0])
+    finally:
+        _kill_leftover(pids[0] if pids else None)
+
+
+def test_a_child_that_ignores_sigterm_is_killed_after_the_grace_period(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(proc, "STOP_GRACE_S", 0.3)
+    stubborn = "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + TALKER
+    pids: list[int] = []
+
+    def on_line(line: str) -> None:
+        if not pids:
+            pids.append(int(line))
+        elif line == "tick":
+            raise _Stop
+
+    try:
+        started = time.monotonic()
+        with pytest.raises(_Stop):
+            run([sys.executable, "-c", stubborn], what="stubborn", on_line=on_line)
+        assert pids and _gone(pids[0])
+        assert time.monotonic() - started < 10
+    finally:
+        _kill_leftover(pids[0] if pids else None)
+
+
+# --------------------------------------------------------------------------------------
+# Logs: never through a link, complete when the command ends
+# --------------------------------------------------------------------------------------
+
+
+def test_log_replaces_a_symlink_instead_of_writing_through_it(tmp_path: Path) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_text("precious\n", encoding="utf-8")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    log_path = folder / "cap-F16.gguf.log"
+    log_path.symlink_to(outside)
+    run([sys.executable, "-c", "print('converted')"], what="converter", log_path=log_path)
+    assert outside.read_text(encoding="utf-8") == "precious\n"
+    assert not log_path.is_symlink() and log_path.is_file()
+    assert log_path.read_text(encoding="utf-8") == "converted\n"
+    assert sorted(p.name for p in folder.iterdir()) == ["cap-F16.gguf.log"]
+
+
+def test_log_is_not_world_writable(tmp_path: Path) -> None:
+    log_path = tmp_path / "tool.log"
+    run([sys.executable, "-c", "print('x')"], what="tool", log_path=log_path)
+    assert stat.S_IMODE(log_path.stat().st_mode) & 0o022 == 0
+
+
+def test_log_named_in_the_error_exists_when_the_command_fails(tmp_path: Path) -> None:
+    log_path = tmp_path / "tool.log"
+    code = "import sys; print('bad things'); sys.exit(3)"
+    with pytest.raises(ExternalToolError, match=r"exit code 3 \(full log: .*tool\.log\)"):
+        run([sys.executable, "-c", code], what="tool", log_path=log_path)
+    assert log_path.read_text(encoding="utf-8") == "bad things\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tool.log"]
+
+
+def test_log_is_kept_when_the_run_is_interrupted(tmp_path: Path) -> None:
+    log_path = tmp_path / "tool.log"
+    pids: list[int] = []
+
+    def on_line(line: str) -> None:
+        if not pids:
+            pids.append(int(line))
+        else:
+            raise KeyboardInterrupt
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run([sys.executable, "-c", TALKER], what="talker", log_path=log_path, on_line=on_line)
+    finally:
+        _kill_leftover(pids[0] if pids else None)
+    assert log_path.read_text(encoding="utf-8").splitlines()[1] == "tick"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tool.log"]
+
+
+def test_missing_program_is_tool_missing(tmp_path: Path) -> None:
+    with pytest.raises(ToolMissingError, match="program not found"):
+        run([str(tmp_path / "nope")], what="nope", log_path=tmp_path / "nope.log")
+
+
+# --------------------------------------------------------------------------------------
+# Children die with the parent
+# --------------------------------------------------------------------------------------
+
+SLEEPER = "import os, time\nprint(os.getpid(), flush=True)\ntime.sleep(60)\n"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _dead(pid: int) -> bool:
+    """Whether ``pid`` has exited: gone, or a zombie waiting for a parent that is not us (in
+    a container, PID 1 may never reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def _wait_dead(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if _dead(pid):
+            return True
+        time.sleep(0.05)
+    return _dead(pid)
+
+
+def _python_env() -> dict[str, str]:
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path}
+
+
+def _killed_parent_leaves_no_child(parent_code: str) -> None:
+    """Start ``parent_code`` (which prints its child's pid), SIGKILL it once the child runs,
+    and assert the child exits within 2 s."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True, env=_python_env()
+    )
+    child = None
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        parent.kill()
+        parent.wait(timeout=10)
+        assert _wait_dead(child, 2.0), f"child {child} outlived its killed parent"
+    finally:
+        parent.kill()
+        parent.wait()
+        if child is not None and not _dead(child):
+            os.kill(child, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_run_child_dies_with_its_parent() -> None:
+    _killed_parent_leaves_no_child(
+        "import sys\n"
+        "from persona_export.proc import run\n"
+        f"run([sys.executable, '-c', {SLEEPER!r}], what='sleeper',\n"
+        "    on_line=lambda line: print(line, flush=True))\n"
+    )
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_started_group_leader_dies_with_its_parent() -> None:
+    _killed_parent_leaves_no_child(
+        "import subprocess, sys, time\n"
+        "from persona_export.proc import start\n"
+        f"child = start([sys.executable, '-c', {SLEEPER!r}], what='sleeper', new_group=True,\n"
+        "    stdout=subprocess.PIPE, text=True)\n"
+        "print(child.stdout.readline().strip(), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+
+
+def test_stop_ends_the_whole_group_and_reaps_the_leader() -> None:
+    # the leader starts a grandchild in its group and prints the grandchild's pid
+    leader_code = (
+        "import subprocess, sys, time\n"
+        f"g = subprocess.Popen([sys.executable, '-c', {SLEEPER!r}], stdout=subprocess.PIPE,\n"
+        "    text=True)\n"
+        "print(g.stdout.readline().strip(), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    leader = proc.start(
+        [sys.executable, "-c", leader_code],
+        what="leader",
+        new_group=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert leader.stdout is not None
+    grandchild = int(leader.stdout.readline())
+    try:
+        assert os.getpgid(grandchild) == leader.pid
+        proc.stop(leader, group=True, grace_s=5)
+        assert leader.returncode is not None and _gone(leader.pid)
+        assert _wait_dead(grandchild, 2.0)
+    finally:
+        leader.stdout.close()
+        if not _dead(grandchild):
+            os.kill(grandchild, signal.SIGKILL)
