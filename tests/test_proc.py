@@ -3,7 +3,6 @@ reaped, logs never written through links."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import stat
@@ -17,6 +16,14 @@ import pytest
 from persona_export import console, proc
 from persona_export.errors import ExternalToolError, ToolMissingError
 from persona_export.proc import run
+from tests.prockit import (
+    SLEEPER,
+    dead,
+    gone,
+    kill_leftover,
+    killed_parent_leaves_no_child,
+    wait_dead,
+)
 
 
 @pytest.mark.parametrize("value", ["", "0", "false", "no", "off", "FALSE", " No ", "Off"])
@@ -58,22 +65,6 @@ TALKER = (
 )
 
 
-def _gone(pid: int) -> bool:
-    """Whether ``pid`` no longer exists at all: exited *and* reaped (a zombie still does)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
-def _kill_leftover(pid: int | None) -> None:
-    if pid is not None and not _gone(pid):
-        os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
-
-
 class _Stop(Exception):
     pass
 
@@ -93,9 +84,9 @@ def test_child_is_stopped_and_reaped_when_the_callback_raises(
     try:
         with pytest.raises(exc_type):
             run([sys.executable, "-c", TALKER], what="talker", on_line=on_line)
-        assert pids and _gone(pids[0])
+        assert pids and gone(pids[0])
     finally:
-        _kill_leftover(pids[0] if pids else None)
+        kill_leftover(pids[0] if pids else None)
 
 
 def test_a_child_that_ignores_sigterm_is_killed_after_the_grace_period(
@@ -115,10 +106,10 @@ def test_a_child_that_ignores_sigterm_is_killed_after_the_grace_period(
         started = time.monotonic()
         with pytest.raises(_Stop):
             run([sys.executable, "-c", stubborn], what="stubborn", on_line=on_line)
-        assert pids and _gone(pids[0])
+        assert pids and gone(pids[0])
         assert time.monotonic() - started < 10
     finally:
-        _kill_leftover(pids[0] if pids else None)
+        kill_leftover(pids[0] if pids else None)
 
 
 # --------------------------------------------------------------------------------------
@@ -169,7 +160,7 @@ def test_log_is_kept_when_the_run_is_interrupted(tmp_path: Path) -> None:
         with pytest.raises(KeyboardInterrupt):
             run([sys.executable, "-c", TALKER], what="talker", log_path=log_path, on_line=on_line)
     finally:
-        _kill_leftover(pids[0] if pids else None)
+        kill_leftover(pids[0] if pids else None)
     assert log_path.read_text(encoding="utf-8").splitlines()[1] == "tick"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tool.log"]
 
@@ -183,57 +174,10 @@ def test_missing_program_is_tool_missing(tmp_path: Path) -> None:
 # Children die with the parent
 # --------------------------------------------------------------------------------------
 
-SLEEPER = "import os, time\nprint(os.getpid(), flush=True)\ntime.sleep(60)\n"
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _dead(pid: int) -> bool:
-    """Whether ``pid`` has exited: gone, or a zombie waiting for a parent that is not us (in
-    a container, PID 1 may never reap it)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
-
-
-def _wait_dead(pid: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if _dead(pid):
-            return True
-        time.sleep(0.05)
-    return _dead(pid)
-
-
-def _python_env() -> dict[str, str]:
-    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "PYTHONPATH": path}
-
-
-def _killed_parent_leaves_no_child(parent_code: str) -> None:
-    """Start ``parent_code`` (which prints its child's pid), SIGKILL it once the child runs,
-    and assert the child exits within 2 s."""
-    parent = subprocess.Popen(
-        [sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True, env=_python_env()
-    )
-    child = None
-    try:
-        assert parent.stdout is not None
-        child = int(parent.stdout.readline())
-        parent.kill()
-        parent.wait(timeout=10)
-        assert _wait_dead(child, 2.0), f"child {child} outlived its killed parent"
-    finally:
-        parent.kill()
-        parent.wait()
-        if child is not None and not _dead(child):
-            os.kill(child, signal.SIGKILL)
-
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_run_child_dies_with_its_parent() -> None:
-    _killed_parent_leaves_no_child(
+    killed_parent_leaves_no_child(
         "import sys\n"
         "from persona_export.proc import run\n"
         f"run([sys.executable, '-c', {SLEEPER!r}], what='sleeper',\n"
@@ -243,7 +187,7 @@ def test_run_child_dies_with_its_parent() -> None:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_started_group_leader_dies_with_its_parent() -> None:
-    _killed_parent_leaves_no_child(
+    killed_parent_leaves_no_child(
         "import subprocess, sys, time\n"
         "from persona_export.proc import start\n"
         f"child = start([sys.executable, '-c', {SLEEPER!r}], what='sleeper', new_group=True,\n"
@@ -274,9 +218,9 @@ def test_stop_ends_the_whole_group_and_reaps_the_leader() -> None:
     try:
         assert os.getpgid(grandchild) == leader.pid
         proc.stop(leader, group=True, grace_s=5)
-        assert leader.returncode is not None and _gone(leader.pid)
-        assert _wait_dead(grandchild, 2.0)
+        assert leader.returncode is not None and gone(leader.pid)
+        assert wait_dead(grandchild, 2.0)
     finally:
         leader.stdout.close()
-        if not _dead(grandchild):
+        if not dead(grandchild):
             os.kill(grandchild, signal.SIGKILL)
