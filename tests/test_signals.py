@@ -2,34 +2,38 @@
 unfinished stage's temporaries are removed, its child is stopped, one line is printed and
 the command exits 143 (Ctrl-C: 130).
 
-The real command runs as a subprocess on a small F16 GGUF, with a stand-in llama-quantize
-(found through PERSONA_EXPORT_CACHE) that writes part of its output and then waits."""
+The real command runs as a subprocess, with a stand-in external program (found through
+PERSONA_EXPORT_CACHE or PERSONA_EXPORT_VENDOR_DIR) that writes part of its output, says so
+and then waits to be stopped."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from persona_export.llamacpp import vendor
-from tests.ggufkit import dir_args, leftovers, write_gguf
+from tests.ggufkit import dir_args, leftovers, make_fake_merged, write_gguf
 from tests.prockit import kill_leftover, python_env, wait_dead
 
 USAGE = "  15  or  Q4_K_M  :  4.58G, +0.1754 ppl @ Llama-3-8B\n"
+TERMINATED = "terminated; outputs of the unfinished stage were discarded"
+INTERRUPTED = "interrupted; outputs of the unfinished stage were discarded"
 
 
-def slow_quantize(cache: Path, marker: Path) -> Path:
-    """A stand-in llama-quantize in the layout of ``cache``: ``--help`` lists Q4_K_M;
-    otherwise it writes half a file to its output, records its pid in ``marker`` and
-    sleeps a minute."""
-    tool = cache / "llama.cpp" / vendor.load_lock().key / "build" / "bin" / "llama-quantize"
-    tool.parent.mkdir(parents=True)
-    tool.write_text(
+def _slow_program(path: Path, marker: Path, output_arg: str) -> Path:
+    """A stand-in program at ``path``: ``--help`` lists Q4_K_M; otherwise it writes half a
+    file to its output (``output_arg``, a Python expression over ``args``), prints a
+    progress line, records its pid in ``marker`` and sleeps a minute."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
         textwrap.dedent(
             f"""\
             #!{sys.executable}
@@ -38,9 +42,9 @@ def slow_quantize(cache: Path, marker: Path) -> Path:
             if args[:1] == ["--help"]:
                 print({USAGE!r})
                 sys.exit(1)
-            with open(args[-3], "wb") as fh:
+            with open({output_arg}, "wb") as fh:
                 fh.write(b"GGUF" + bytes(4096))
-            print("[   1/  10] quantizing", flush=True)
+            print("[   1/  10] working", flush=True)
             with open({str(marker)!r}, "w") as fh:
                 fh.write(str(os.getpid()))
             time.sleep(60)
@@ -48,58 +52,94 @@ def slow_quantize(cache: Path, marker: Path) -> Path:
         ),
         encoding="utf-8",
     )
-    tool.chmod(0o755)
-    return tool
+    path.chmod(0o755)
+    return path
 
 
-def _wait_for(path: Path, proc: subprocess.Popen[str], seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while not (path.is_file() and path.read_text()):
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail(f"the command ended early ({proc.returncode}):\n{out}\n{err}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"{path} did not appear within {seconds} s")
-        time.sleep(0.05)
+@dataclass(frozen=True)
+class Ended:
+    returncode: int
+    stdout: str
+    stderr: str
+    program_pid: int
 
 
-@pytest.mark.parametrize(
-    ("sig", "code", "line"),
-    [
-        (signal.SIGTERM, 143, "terminated; outputs of the unfinished stage were discarded"),
-        (signal.SIGINT, 130, "interrupted; outputs of the unfinished stage were discarded"),
-    ],
-)
-def test_signal_cleans_up_and_exits(tmp_path: Path, sig: int, code: int, line: str) -> None:
-    out_dir = tmp_path / "gguf_models" / "cap"
-    out_dir.mkdir(parents=True)
-    write_gguf(out_dir / "cap-F16.gguf")
-    cache, marker = tmp_path / "cache", tmp_path / "quantize.pid"
-    slow_quantize(cache, marker)
-    command = [sys.executable, "-m", "persona_export", "quantize", "--persona", "cap"]
+def _signalled(root: Path, args: list[str], env: dict[str, str], sig: int) -> Ended:
+    """Run ``persona-export ARGS`` in ``root``, send ``sig`` once the stand-in program runs
+    (it writes ``root/program.pid``), and return how the command ended."""
+    marker = root / "program.pid"
     cli = subprocess.Popen(
-        [*command, *dir_args(tmp_path)],
+        [sys.executable, "-m", "persona_export", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=python_env(PERSONA_EXPORT_CACHE=str(cache)),
+        env=python_env(**env),
     )
-    tool_pid = None
+    pid = None
     try:
-        _wait_for(marker, cli, 120)
-        tool_pid = int(marker.read_text())
-        assert any(p.name.startswith(".cap-Q4_K_M.gguf.partial-") for p in out_dir.iterdir())
+        deadline = time.monotonic() + 120
+        while not (marker.is_file() and marker.read_text()):
+            if cli.poll() is not None:
+                out, err = cli.communicate()
+                pytest.fail(f"the command ended early ({cli.returncode}):\n{out}\n{err}")
+            if time.monotonic() > deadline:
+                pytest.fail("the stand-in program did not start within 120 s")
+            time.sleep(0.05)
+        pid = int(marker.read_text())
         cli.send_signal(sig)
         stdout, stderr = cli.communicate(timeout=60)
     finally:
         cli.kill()
         cli.wait()
-        kill_leftover(tool_pid)
-    assert cli.returncode == code, stderr
-    assert stderr.splitlines()[-1] == line, stderr
-    assert stderr.count(line) == 1 and "Traceback" not in stderr
-    assert stdout == ""
-    assert leftovers(out_dir) == []
+        kill_leftover(pid)
+    return Ended(cli.returncode, stdout, stderr, pid)
+
+
+def _assert_ended_cleanly(ended: Ended, code: int, line: str) -> None:
+    assert ended.returncode == code, ended.stderr
+    assert ended.stderr.splitlines()[-1] == line, ended.stderr
+    assert ended.stderr.count(line) == 1 and "Traceback" not in ended.stderr
+    assert ended.stdout == ""
+    assert wait_dead(ended.program_pid, 2.0), "the external program outlived the command"
+
+
+@pytest.mark.parametrize(
+    ("sig", "code", "line"), [(signal.SIGTERM, 143, TERMINATED), (signal.SIGINT, 130, INTERRUPTED)]
+)
+def test_quantize_signalled_mid_run(tmp_path: Path, sig: int, code: int, line: str) -> None:
+    out_dir = tmp_path / "gguf_models" / "cap"
+    out_dir.mkdir(parents=True)
+    write_gguf(out_dir / "cap-F16.gguf")
+    cache = tmp_path / "cache"
+    tool = cache / "llama.cpp" / vendor.load_lock().key / "build" / "bin" / "llama-quantize"
+    _slow_program(tool, tmp_path / "program.pid", "args[-3]")
+    args = ["quantize", "--persona", "cap", *dir_args(tmp_path)]
+    ended = _signalled(tmp_path, args, {"PERSONA_EXPORT_CACHE": str(cache)}, sig)
+    _assert_ended_cleanly(ended, code, line)
+    assert leftovers(out_dir) == []  # no .cap-Q4_K_M.gguf.partial-*
     assert sorted(p.name for p in out_dir.iterdir()) == ["cap-F16.gguf", "cap-Q4_K_M.gguf.log"]
-    assert "quantizing" in (out_dir / "cap-Q4_K_M.gguf.log").read_text(encoding="utf-8")
-    assert tool_pid is not None and wait_dead(tool_pid, 2.0)
+    assert "working" in (out_dir / "cap-Q4_K_M.gguf.log").read_text(encoding="utf-8")
+
+
+def test_gguf_signalled_mid_conversion_leaves_no_shadow_folder_or_partial_gguf(
+    tmp_path: Path,
+) -> None:
+    # a transformers-5 tokenizer: the stage converts through a temporary shadow folder
+    tok_config = {"tokenizer_class": "TokenizersBackend", "chat_template": "x"}
+    make_fake_merged(tmp_path, architecture="Phi3ForCausalLM", tokenizer_config=tok_config)
+    vendor_dir = tmp_path / "vendor"
+    _slow_program(
+        vendor_dir / "convert_hf_to_gguf.py",
+        tmp_path / "program.pid",
+        'args[args.index("--outfile") + 1]',
+    )
+    lock = vendor.load_lock()
+    (vendor_dir / vendor.MARKER).write_text(json.dumps({"sha256": lock.sha256}))
+    env = {"PERSONA_EXPORT_VENDOR_DIR": str(vendor_dir), "PERSONA_EXPORT_PLAIN_CONVERTER": "1"}
+    args = ["gguf", "--persona", "cap", *dir_args(tmp_path)]
+    ended = _signalled(tmp_path, args, env, signal.SIGTERM)
+    _assert_ended_cleanly(ended, 143, TERMINATED)
+    assert "converting through a shadow folder" in ended.stderr
+    out_dir = tmp_path / "gguf_models" / "cap"
+    assert leftovers(out_dir) == []  # no .tokfix-* folder, no .cap-F16.gguf.partial-*
+    assert sorted(p.name for p in out_dir.iterdir()) == ["cap-F16.gguf.log"]
