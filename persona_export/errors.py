@@ -4,6 +4,8 @@ Every error the tool expects carries a one-line message (what is wrong) and a hi
 do). The CLI's top-level handler prints both and exits with ``exit_code``; the traceback is
 shown only when ``PERSONA_EXPORT_DEBUG=1``. Each class also subclasses the matching
 built-in so library callers can catch what they already know.
+
+:class:`Terminated` is not an error but SIGTERM, raised like :class:`KeyboardInterrupt`.
 """
 
 from __future__ import annotations
@@ -78,3 +80,12 @@ def internal_error(exc: BaseException) -> PersonaExportError:
         "this is a bug in persona-export; rerun with PERSONA_EXPORT_DEBUG=1 for the traceback "
         "and report it",
     )
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (from `timeout`, a CI cancellation, systemd). The CLI's handler raises
+    it in the main thread as Python raises KeyboardInterrupt for Ctrl-C, so every ``with``
+    and ``finally`` cleanup runs (temporaries removed, children stopped); the CLI then exits
+    with 128 + SIGTERM. A BaseException, so ``except Exception`` does not swallow it."""
+
+    exit_code = 143

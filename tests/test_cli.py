@@ -89,6 +89,17 @@ def test_unexpected_error_is_one_line_without_traceback(monkeypatch: pytest.Monk
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("value", ["0", "off", "No"])
+def test_debug_variable_off_values_hide_the_traceback(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("PERSONA_EXPORT_DEBUG", value)
+    result = runner.invoke(_app_raising(KeyError("x")), ["boom"])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: internal error: KeyError")
+    assert "Traceback" not in result.output
+
+
 def test_debug_variable_shows_the_traceback() -> None:
     code = (
         "import typer\n"

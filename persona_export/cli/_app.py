@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import signal
 import sys
 import traceback
 from typing import Any
@@ -10,13 +10,11 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from persona_export.errors import PersonaExportError
+from persona_export.console import DEBUG_VAR, debug_enabled
+from persona_export.errors import PersonaExportError, Terminated
 
-DEBUG_VAR = "PERSONA_EXPORT_DEBUG"
-
-
-def _debug() -> bool:
-    return os.environ.get(DEBUG_VAR, "") not in ("", "0", "false", "no")
+INTERRUPTED = "interrupted; outputs of the unfinished stage were discarded"
+TERMINATED = "terminated; outputs of the unfinished stage were discarded"
 
 
 def report_error(message: str, hint: str = "") -> None:
@@ -29,7 +27,8 @@ def report_error(message: str, hint: str = "") -> None:
 class HandledGroup(TyperGroup):
     """Runs every command under the handler: known errors become a one-line message, a
     hint and their exit code (1, or 2 for usage errors); the traceback only with
-    PERSONA_EXPORT_DEBUG=1."""
+    PERSONA_EXPORT_DEBUG=1. Ctrl-C exits 130 and SIGTERM 143, each with one line, after the
+    cleanups of the unfinished stage have run."""
 
     def list_commands(self, ctx: Any) -> list[str]:
         return list(self.commands)  # the order they were added, which is pipeline order
@@ -38,22 +37,25 @@ class HandledGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except PersonaExportError as exc:
-            if _debug():
+            if debug_enabled():
                 traceback.print_exc()
             report_error(exc.message, exc.hint)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            typer.echo("interrupted; outputs of the unfinished stage were discarded", err=True)
+            typer.echo(INTERRUPTED, err=True)
             raise typer.Exit(130) from None
+        except Terminated:
+            typer.echo(TERMINATED, err=True)
+            raise typer.Exit(Terminated.exit_code) from None
         except OSError as exc:
-            if _debug():
+            if debug_enabled():
                 traceback.print_exc()
             report_error(str(exc), "check the path, free disk space and permissions")
             raise typer.Exit(1) from None
         except (typer.TyperException, typer.Exit, typer.Abort):
             raise
         except Exception as exc:  # a bug: still one line unless debugging
-            if _debug():
+            if debug_enabled():
                 raise
             report_error(
                 f"internal error: {type(exc).__name__}: {exc}",
@@ -94,6 +96,23 @@ def _root(
     """Turn a LoRA persona adapter into a model Ollama runs."""
 
 
+def _raise_terminated(signum: int, frame: Any) -> None:
+    # once: a second SIGTERM while the cleanups run must not cut them short (SIGKILL still
+    # ends the process; children then get their parent-death signal)
+    signal.signal(signal.SIGTERM, _ignore_signal)
+    raise Terminated
+
+
+def _ignore_signal(signum: int, frame: Any) -> None:
+    # a Python handler, not SIG_IGN: that would be inherited by the programs we start
+    return None
+
+
 def main() -> None:
-    """Console-script entry point."""
-    sys.exit(app(prog_name="persona-export") or 0)
+    """Console-script entry point: SIGTERM is handled like Ctrl-C (exit 143)."""
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        sys.exit(app(prog_name="persona-export") or 0)
+    except Terminated:  # arrived outside a command (while parsing or importing)
+        typer.echo(TERMINATED, err=True)
+        sys.exit(Terminated.exit_code)

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -26,7 +24,7 @@ from typing import Any
 
 from persona_export.errors import ExternalToolError
 from persona_export.llamacpp import vendor
-from persona_export.proc import tail
+from persona_export.proc import start, stop, tail
 
 START_TIMEOUT_S = 120.0
 REQUEST_TIMEOUT_S = 120.0
@@ -53,11 +51,12 @@ class Completion:
 
 @dataclass(frozen=True)
 class LlamaServer:
-    """A running llama-server: its base URL and log file."""
+    """A running llama-server: its base URL, log file and process id."""
 
     url: str
     log_path: Path
     request_timeout_s: float = REQUEST_TIMEOUT_S
+    pid: int = 0
 
     def _post(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         request = urllib.request.Request(
@@ -122,17 +121,6 @@ class LlamaServer:
         )
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=STOP_TIMEOUT_S)
-
-
 def _log_tail(log_path: Path) -> str:
     try:
         return tail(log_path.read_text(encoding="utf-8", errors="replace"), 15)
@@ -154,10 +142,12 @@ def llama_server(
     """Serve ``gguf`` with the vendored llama-server (``--jinja``, ``--special``) on a free
     127.0.0.1 port; yield a :class:`LlamaServer` once ``/health`` answers.
 
-    The server is stopped on the way out, whatever happens. Raises ToolMissingError when the
-    server is not built, ExternalToolError when it exits or does not become healthy within
-    ``start_timeout_s`` (with the tail of its log). ``chat_template_file`` replaces the
-    GGUF's own chat template.
+    The server runs in a process group of its own with a parent-death signal (it dies with
+    persona-export, even on SIGKILL); on the way out, whatever happens, the whole group is
+    sent SIGTERM (SIGKILL after ``STOP_TIMEOUT_S``) and the server is reaped. Raises
+    ToolMissingError when the server is not built, ExternalToolError when it exits or does
+    not become healthy within ``start_timeout_s`` (with the tail of its log).
+    ``chat_template_file`` replaces the GGUF's own chat template.
     """
     binary = vendor.tool("llama-server")
     port = free_port()
@@ -184,13 +174,12 @@ def llama_server(
         args += ["--chat-template-file", str(chat_template_file)]
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"llama-server-{port}.log"
-    if os.environ.get("PERSONA_EXPORT_DEBUG"):
-        print(f"$ {shlex.join(args)}", file=sys.stderr)
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        # its own process group, and SIGTERM when we die: it never outlives persona-export
+        proc = start(
+            args, what="llama-server", new_group=True, stdout=log, stderr=subprocess.STDOUT
         )
-    server = LlamaServer(f"http://127.0.0.1:{port}", log_path, request_timeout_s)
+    server = LlamaServer(f"http://127.0.0.1:{port}", log_path, request_timeout_s, proc.pid)
     try:
         deadline = time.monotonic() + start_timeout_s
         while True:
@@ -215,4 +204,4 @@ def llama_server(
             time.sleep(0.1)
         yield server
     finally:
-        _stop(proc)
+        stop(proc, group=True, grace_s=STOP_TIMEOUT_S)
