@@ -12,7 +12,8 @@ import pytest
 from gguf import GGUFReader, LlamaFileType
 
 from persona_export.errors import InvalidInputError, VerificationError
-from persona_export.llamacpp.gguf_file import Expectation, check_gguf, problems, read_gguf
+from persona_export.llamacpp.gguf_check import Expectation, check_gguf, problems
+from persona_export.llamacpp.gguf_file import read_gguf
 from tests.ggufkit import TEMPLATE, write_gguf
 
 

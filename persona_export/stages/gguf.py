@@ -63,7 +63,8 @@ from persona_export.errors import (
 from persona_export.layout import Layout, check_persona
 from persona_export.llamacpp import vendor
 from persona_export.llamacpp.convert_launcher import PLAIN_ENV
-from persona_export.llamacpp.gguf_file import FILE_TYPE_IDS, Expectation, check_gguf
+from persona_export.llamacpp.gguf_check import Expectation, check_gguf
+from persona_export.llamacpp.gguf_file import FILE_TYPE_IDS
 from persona_export.proc import run
 
 OUTTYPES = ("f16", "bf16", "f32", "q8_0", "auto")

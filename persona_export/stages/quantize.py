@@ -43,7 +43,8 @@ from persona_export.errors import (
 )
 from persona_export.layout import Layout, check_persona
 from persona_export.llamacpp import vendor
-from persona_export.llamacpp.gguf_file import Expectation, GgufSummary, check_gguf, read_gguf
+from persona_export.llamacpp.gguf_check import Expectation, check_gguf
+from persona_export.llamacpp.gguf_file import FILE_TYPE_IDS, GgufSummary, read_gguf
 from persona_export.proc import run
 
 STAGE = "quantize"
@@ -379,7 +380,7 @@ def _find_source(layout: Layout, persona: str, source: str | None) -> Path:
 
 
 def _check_source(summary: GgufSummary, path: Path) -> None:
-    if summary.file_type not in (0, 1, 32):
+    if summary.file_type not in {FILE_TYPE_IDS[kind] for kind in SOURCE_TYPES}:
         raise InvalidInputError(
             f"{path} is not an F32/F16/BF16 GGUF (general.file_type {summary.file_type})",
             "run the gguf stage again with --force",
