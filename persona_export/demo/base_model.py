@@ -126,50 +126,41 @@ class _LlamaShape:
     head_dim: int
 
 
-# The metadata arrays read in full (the reader keeps long arrays as their length otherwise).
+# The metadata arrays read in full (the reader keeps other long arrays as their length only).
 _ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges")
 
 
-def _fields(summary: GgufSummary) -> dict[str, Any]:
-    """The GGUF's metadata with the arrays read in full as lists."""
-    from persona_export.llamacpp.gguf_file import ArrayInfo
-
-    return {
-        key: list(value.values)
-        if isinstance(value, ArrayInfo) and value.values is not None
-        else value
-        for key, value in summary.metadata.items()
-    }
-
-
-def _field(fields: dict[str, Any], key: str, default: Any = None) -> Any:
-    value = fields.get(key)
+def _field(summary: GgufSummary, key: str, default: Any = None) -> Any:
+    value = summary.metadata.get(key)
     if value is None:
         if default is None:
             raise DemoBaseError(f"GGUF has no {key!r}")
         return default
-    return value
+    values = getattr(value, "values", None)  # an array read in full (see _ARRAYS) as a list
+    return list(values) if values is not None else value
 
 
-def _llama_shape(fields: dict[str, Any]) -> _LlamaShape:
-    arch = _field(fields, "general.architecture")
+def _llama_shape(summary: GgufSummary) -> _LlamaShape:
+    arch = _field(summary, "general.architecture")
     if arch != "llama":
         raise DemoBaseError(f"expected a llama-architecture GGUF, got {arch!r}")
-    n_embd = int(_field(fields, "llama.embedding_length"))
-    n_head = int(_field(fields, "llama.attention.head_count"))
-    n_vocab = int(_field(fields, "llama.vocab_size", len(_field(fields, "tokenizer.ggml.tokens"))))
+    n_embd = int(_field(summary, "llama.embedding_length"))
+    n_head = int(_field(summary, "llama.attention.head_count"))
+    n_vocab = int(
+        _field(summary, "llama.vocab_size", len(_field(summary, "tokenizer.ggml.tokens")))
+    )
     return _LlamaShape(
-        n_layer=int(_field(fields, "llama.block_count")),
+        n_layer=int(_field(summary, "llama.block_count")),
         n_embd=n_embd,
-        n_ff=int(_field(fields, "llama.feed_forward_length")),
+        n_ff=int(_field(summary, "llama.feed_forward_length")),
         n_head=n_head,
-        n_head_kv=int(_field(fields, "llama.attention.head_count_kv", n_head)),
-        n_ctx=int(_field(fields, "llama.context_length")),
+        n_head_kv=int(_field(summary, "llama.attention.head_count_kv", n_head)),
+        n_ctx=int(_field(summary, "llama.context_length")),
         # GGUF stores these as float32: round away the float32 noise (9.99999974e-06 -> 1e-05).
-        rope_theta=float(f"{float(_field(fields, 'llama.rope.freq_base', 10000.0)):.7g}"),
-        rms_eps=float(f"{float(_field(fields, 'llama.attention.layer_norm_rms_epsilon')):.7g}"),
+        rope_theta=float(f"{float(_field(summary, 'llama.rope.freq_base', 10000.0)):.7g}"),
+        rms_eps=float(f"{float(_field(summary, 'llama.attention.layer_norm_rms_epsilon')):.7g}"),
         vocab_size=n_vocab,
-        head_dim=int(_field(fields, "llama.rope.dimension_count", n_embd // n_head)),
+        head_dim=int(_field(summary, "llama.rope.dimension_count", n_embd // n_head)),
     )
 
 
@@ -283,30 +274,25 @@ def _config(shape: _LlamaShape, tied: bool, bos: int, eos: int, pad: int) -> dic
     }
 
 
-# GGUF token types (gguf.TokenType): 1 normal, 2 unknown, 3 control, 4 user defined,
-# 5 unused, 6 byte.
-_CONTROL, _USER_DEFINED = 3, 4
-
-
-def _tokenizer_files(
-    fields: dict[str, Any],
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+def _tokenizer_files(summary: GgufSummary) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Rebuild ``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json``."""
-    model = _field(fields, "tokenizer.ggml.model")
-    pre = _field(fields, "tokenizer.ggml.pre", "default")
+    from gguf import TokenType
+
+    model = _field(summary, "tokenizer.ggml.model")
+    pre = _field(summary, "tokenizer.ggml.pre", "default")
     if model != "gpt2" or pre != "smollm":
         raise DemoBaseError(f"unsupported GGUF tokenizer {model!r}/{pre!r} (want gpt2/smollm)")
-    tokens: list[str] = list(_field(fields, "tokenizer.ggml.tokens"))
-    types: list[int] = [int(x) for x in _field(fields, "tokenizer.ggml.token_type")]
-    merges: list[str] = list(_field(fields, "tokenizer.ggml.merges"))
+    tokens: list[str] = list(_field(summary, "tokenizer.ggml.tokens"))
+    types: list[int] = [int(x) for x in _field(summary, "tokenizer.ggml.token_type")]
+    merges: list[str] = list(_field(summary, "tokenizer.ggml.merges"))
     vocab = {tok: i for i, tok in enumerate(tokens)}
     if len(vocab) != len(tokens) or len(types) != len(tokens):
         raise DemoBaseError("GGUF vocabulary is inconsistent (duplicate tokens or types)")
-    bos = int(_field(fields, "tokenizer.ggml.bos_token_id"))
-    eos = int(_field(fields, "tokenizer.ggml.eos_token_id"))
-    unk = int(_field(fields, "tokenizer.ggml.unknown_token_id", eos))
-    pad = int(_field(fields, "tokenizer.ggml.padding_token_id", eos))
-    chat_template = _field(fields, "tokenizer.chat_template")
+    bos = int(_field(summary, "tokenizer.ggml.bos_token_id"))
+    eos = int(_field(summary, "tokenizer.ggml.eos_token_id"))
+    unk = int(_field(summary, "tokenizer.ggml.unknown_token_id", eos))
+    pad = int(_field(summary, "tokenizer.ggml.padding_token_id", eos))
+    chat_template = _field(summary, "tokenizer.chat_template")
 
     added = [
         {
@@ -316,10 +302,10 @@ def _tokenizer_files(
             "lstrip": False,
             "rstrip": False,
             "normalized": False,
-            "special": typ == _CONTROL,
+            "special": typ == TokenType.CONTROL,
         }
         for i, (tok, typ) in enumerate(zip(tokens, types, strict=True))
-        if typ in (_CONTROL, _USER_DEFINED)
+        if typ in (TokenType.CONTROL, TokenType.USER_DEFINED)
     ]
     byte_level = {"add_prefix_space": False, "trim_offsets": True, "use_regex": True}
     tokenizer_json = {
@@ -371,11 +357,11 @@ def _tokenizer_files(
     }
     tokenizer_config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "add_bos_token": bool(_field(fields, "tokenizer.ggml.add_bos_token", False)),
+        "add_bos_token": bool(_field(summary, "tokenizer.ggml.add_bos_token", False)),
         "add_eos_token": False,
         "add_prefix_space": False,
         "clean_up_tokenization_spaces": False,
-        "model_max_length": int(_field(fields, "llama.context_length")),
+        "model_max_length": int(_field(summary, "llama.context_length")),
         "chat_template": chat_template,
         **special_map,
         "added_tokens_decoder": {
@@ -396,10 +382,9 @@ def convert_gguf_to_hf(gguf_path: Path, out_dir: Path) -> None:
     from persona_export.llamacpp.gguf_file import read_gguf
 
     summary = read_gguf(gguf_path, arrays=_ARRAYS)
-    fields = _fields(summary)
-    shape = _llama_shape(fields)
-    tokenizer_json, tokenizer_config, _special = _tokenizer_files(fields)
-    tokens: list[str] = list(_field(fields, "tokenizer.ggml.tokens"))
+    shape = _llama_shape(summary)
+    tokenizer_json, tokenizer_config, _special = _tokenizer_files(summary)
+    tokens: list[str] = list(_field(summary, "tokenizer.ggml.tokens"))
     vocab = {tok: i for i, tok in enumerate(tokens)}
     bos = vocab[tokenizer_config["bos_token"]]
     eos = vocab[tokenizer_config["eos_token"]]
