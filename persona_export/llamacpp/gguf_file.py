@@ -253,23 +253,27 @@ class _Cursor:
         return values
 
     def strings(self, count: int, keep: bool) -> tuple[str, ...] | None:
-        # the hot loop of a 200k-token vocabulary: bounds are checked once at the end (a
-        # slice past the end is short, not an error, and the next length read stops the loop)
+        # the hot loops of a 200k-token vocabulary, without a bounds check per item: a length
+        # read past the end raises struct.error, and a last string cut short (its slice is
+        # short, not an error) leaves pos past the end
         unpack = _U64.unpack_from
         buf, pos, size = self.buf, self.pos, self.size
         found: list[str] = []
-        for _ in range(count):
-            if pos + 8 > size:
-                break
-            end = pos + 8 + unpack(buf, pos)[0]
+        try:
             if keep:
-                found.append(str(buf[pos + 8 : end], "utf-8", errors="replace"))
-            pos = end
-        else:
-            if pos <= size:
-                self.pos = pos
-                return tuple(found) if keep else None
-        raise ValueError(f"truncated in a string array (file has {size} bytes)")
+                for _ in range(count):
+                    end = pos + 8 + unpack(buf, pos)[0]
+                    found.append(str(buf[pos + 8 : end], "utf-8", errors="replace"))
+                    pos = end
+            else:
+                for _ in range(count):
+                    pos += 8 + unpack(buf, pos)[0]
+        except struct.error:
+            pos = size + 1
+        if pos > size:
+            raise ValueError(f"truncated in a string array (file has {size} bytes)")
+        self.pos = pos
+        return tuple(found) if keep else None
 
 
 @contextmanager
