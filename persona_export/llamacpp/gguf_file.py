@@ -1,10 +1,16 @@
-"""Read a GGUF's header, metadata and tensor table, and check a written GGUF is what a stage
-meant to write.
+"""Read GGUF files: the package's one GGUF reader.
+
+``read_gguf`` gives a GGUF's header, metadata and tensor table, ``read_gguf_metadata`` its
+metadata alone (for finished GGUFs whose tensors nobody here looks at), and
+``GgufSummary.tensor_data`` a tensor's bytes as a numpy view over a memory map.
+``gguf_check`` checks a written GGUF with it.
 
 ``gguf.GGUFReader`` builds a numpy view per array element, which takes tens of seconds on a
 GGUF with a 200k-token vocabulary (400k strings); this reader walks the same layout with
-``struct`` on a memory map and keeps only what the checks need, in well under a second.
-The tests compare its results with ``gguf.GGUFReader`` on real files.
+``struct`` on a memory map and keeps long arrays (vocabulary, merges, token types) only as
+their length unless a caller asks for them, so a multi-GB file's header reads in well under a
+second. Type ids, sizes, the magic and the default alignment come from the ``gguf`` package's
+own constants. The tests compare its results with ``gguf.GGUFReader`` on real files.
 
 Layout (GGUF v2/v3, little-endian): magic ``GGUF``, version u32, tensor count u64, KV count
 u64, the KV pairs (key string, value type u32, value), the tensor infos (name, n_dims u32,
@@ -15,47 +21,67 @@ then the tensor data.
 from __future__ import annotations
 
 import mmap
-import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from persona_export.errors import InvalidInputError, VerificationError
+import numpy as np
+import numpy.typing as npt
+from gguf.constants import (
+    GGML_QUANT_SIZES,
+    GGUF_DEFAULT_ALIGNMENT,
+    GGUF_MAGIC,
+    GGMLQuantizationType,
+    GGUFValueType,
+    LlamaFileType,
+)
 
-GGUF_MAGIC = b"GGUF"
-DEFAULT_ALIGNMENT = 32
+from persona_export.errors import InvalidInputError
+
+# The versions whose layout this parser knows (v1 had 32-bit counts and lengths).
+_VERSIONS = (2, 3)
+_MAX_DIMS = 4  # GGML_MAX_DIMS
 # Arrays up to this length are kept as values (e.g. eos id lists); longer ones (the
-# vocabulary, merges, token types) only as their length.
+# vocabulary, merges, token types) only as their length, unless a caller asks for them.
 _SMALL_ARRAY = 64
 
-# GGUF value types -> struct format of one item (strings and arrays handled apart).
-_SCALAR_FORMATS = {
-    0: "<B",  # UINT8
-    1: "<b",  # INT8
-    2: "<H",  # UINT16
-    3: "<h",  # INT16
-    4: "<I",  # UINT32
-    5: "<i",  # INT32
-    6: "<f",  # FLOAT32
-    7: "<?",  # BOOL
-    10: "<Q",  # UINT64
-    11: "<q",  # INT64
-    12: "<d",  # FLOAT64
+# The wire format of one item of each scalar value type (strings and arrays are read apart).
+_SCALARS = {
+    kind: struct.Struct("<" + code)
+    for kind, code in (
+        (GGUFValueType.UINT8, "B"),
+        (GGUFValueType.INT8, "b"),
+        (GGUFValueType.UINT16, "H"),
+        (GGUFValueType.INT16, "h"),
+        (GGUFValueType.UINT32, "I"),
+        (GGUFValueType.INT32, "i"),
+        (GGUFValueType.FLOAT32, "f"),
+        (GGUFValueType.BOOL, "?"),
+        (GGUFValueType.UINT64, "Q"),
+        (GGUFValueType.INT64, "q"),
+        (GGUFValueType.FLOAT64, "d"),
+    )
 }
-_STRING, _ARRAY = 8, 9
-_U64 = struct.Struct("<Q")
+_U32, _U64 = _SCALARS[GGUFValueType.UINT32], _SCALARS[GGUFValueType.UINT64]
 
-# general.file_type values the converter writes (llama_ftype).
-FILE_TYPE_IDS = {"F32": 0, "F16": 1, "Q8_0": 7, "BF16": 32}
+# general.file_type (llama_ftype) of the GGUFs the converter writes, by --outtype name.
+FILE_TYPE_IDS = {
+    "F32": int(LlamaFileType.ALL_F32),
+    "F16": int(LlamaFileType.MOSTLY_F16),
+    "Q8_0": int(LlamaFileType.MOSTLY_Q8_0),
+    "BF16": int(LlamaFileType.MOSTLY_BF16),
+}
 
 
 @dataclass(frozen=True)
 class ArrayInfo:
-    """A metadata array: its item type, length and (short arrays only) its values."""
+    """A metadata array: its item type, length and values (short or requested arrays only)."""
 
-    item_type: int
+    item_type: GGUFValueType
     count: int
     values: tuple[Any, ...] | None = None
 
@@ -66,7 +92,7 @@ class TensorInfo:
 
     name: str
     shape: tuple[int, ...]  # GGUF order: ne0 (row length) first
-    ggml_type: int
+    ggml_type: int  # a GGMLQuantizationType value
     offset: int  # from the start of the data section
     n_elements: int
     n_bytes: int | None  # None when the ggml type is unknown to the installed gguf package
@@ -135,6 +161,35 @@ class GgufSummary:
     def tensor(self, name: str) -> TensorInfo | None:
         return next((t for t in self.tensors if t.name == name), None)
 
+    def tensor_data(self, tensor: TensorInfo) -> npt.NDArray[np.uint8]:
+        """``tensor``'s bytes: a read-only uint8 view over a memory map of the file, shaped as
+        rows of ggml blocks, ``(..., ne1, bytes per row)``, which is what
+        ``gguf.quants.dequantize`` takes. Raises InvalidInputError when the ggml type is
+        unknown to the installed gguf package or the file changed since it was read."""
+        if tensor.n_bytes is None:
+            raise InvalidInputError(
+                f"{self.path}: tensor {tensor.name!r} has ggml type {tensor.ggml_type}, "
+                "unknown to the installed gguf package",
+                "upgrade the gguf package",
+            )
+        block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(tensor.ggml_type)]
+        row_bytes = (tensor.shape[0] if tensor.shape else 1) // block * type_size
+        start = self.data_offset + tensor.offset
+        data = self._mapped[start : start + tensor.n_bytes]
+        return data.reshape(*reversed(tensor.shape[1:]), row_bytes)
+
+    @cached_property
+    def _mapped(self) -> npt.NDArray[np.uint8]:
+        # np.memmap, not mmap.mmap: the views handed out keep the map open for as long as
+        # they live, where an mmap.mmap could not be closed while they do.
+        data: npt.NDArray[np.uint8] = np.memmap(self.path, dtype=np.uint8, mode="r")
+        if data.size != self.size_bytes:
+            raise InvalidInputError(
+                f"{self.path} changed since it was read ({self.size_bytes} bytes, now {data.size})",
+                "run the command again",
+            )
+        return data
+
 
 class _Cursor:
     """Sequential little-endian reads from a buffer, with bounds checks."""
@@ -148,125 +203,123 @@ class _Cursor:
         if n < 0 or self.pos + n > self.size:
             raise ValueError(f"truncated at byte {self.pos} (needs {n} more, file has {self.size})")
 
-    def unpack(self, fmt: str) -> Any:
-        n = struct.calcsize(fmt)
-        self.need(n)
-        (value,) = struct.unpack_from(fmt, self.buf, self.pos)
-        self.pos += n
+    def scalar(self, fmt: struct.Struct) -> Any:
+        self.need(fmt.size)
+        (value,) = fmt.unpack_from(self.buf, self.pos)
+        self.pos += fmt.size
         return value
 
     def string(self) -> str:
-        length = self.unpack("<Q")
+        length = self.scalar(_U64)
         self.need(length)
-        raw = bytes(self.buf[self.pos : self.pos + length])
+        raw = self.buf[self.pos : self.pos + length]
         self.pos += length
-        return raw.decode("utf-8", errors="replace")
+        return str(raw, "utf-8", errors="replace")
 
-    def skip_strings(self, count: int) -> None:
-        # the hot loop of a 200k-token vocabulary: bounds are checked once at the end
+    def value_type(self) -> GGUFValueType:
+        code = self.scalar(_U32)
+        try:
+            return GGUFValueType(code)
+        except ValueError:
+            raise ValueError(f"unknown metadata value type {code} at byte {self.pos - 4}") from None
+
+    def value(self, kind: GGUFValueType, whole: bool = False) -> Any:
+        """One value of type ``kind``; an array as ArrayInfo, with its values when it is short
+        or ``whole``."""
+        if kind is GGUFValueType.STRING:
+            return self.string()
+        if kind is not GGUFValueType.ARRAY:
+            return self.scalar(_SCALARS[kind])
+        item = self.value_type()
+        count = self.scalar(_U64)
+        keep = whole or count <= _SMALL_ARRAY
+        values: tuple[Any, ...] | None
+        if item is GGUFValueType.STRING:
+            values = self.strings(count, keep)
+        elif item in _SCALARS:
+            values = self.scalars(_SCALARS[item], count, keep)
+        else:  # arrays of arrays: no converter writes them; walk them item by item
+            items = tuple(self.value(item, whole) for _ in range(count))
+            values = items if keep else None
+        return ArrayInfo(item, count, values)
+
+    def scalars(self, fmt: struct.Struct, count: int, keep: bool) -> tuple[Any, ...] | None:
+        n = fmt.size * count
+        self.need(n)
+        values = (
+            struct.unpack_from(f"<{count}{fmt.format[1:]}", self.buf, self.pos) if keep else None
+        )
+        self.pos += n
+        return values
+
+    def strings(self, count: int, keep: bool) -> tuple[str, ...] | None:
+        # the hot loops of a 200k-token vocabulary, without a bounds check per item: a length
+        # read past the end raises struct.error, and a last string cut short (its slice is
+        # short, not an error) leaves pos past the end
         unpack = _U64.unpack_from
         buf, pos, size = self.buf, self.pos, self.size
-        for _ in range(count):
-            if pos + 8 > size:
-                break
-            pos += 8 + unpack(buf, pos)[0]
-        else:
-            if pos <= size:
-                self.pos = pos
-                return
-        raise ValueError(f"truncated in a string array (file has {size} bytes)")
-
-    def value(self, vtype: int) -> Any:
-        if vtype == _STRING:
-            return self.string()
-        if vtype == _ARRAY:
-            item_type = self.unpack("<I")
-            count = self.unpack("<Q")
-            if count <= _SMALL_ARRAY:
-                return ArrayInfo(
-                    item_type, count, tuple(self.value(item_type) for _ in range(count))
-                )
-            if item_type == _STRING:
-                self.skip_strings(count)
-            elif item_type in _SCALAR_FORMATS:
-                skip = struct.calcsize(_SCALAR_FORMATS[item_type]) * count
-                self.need(skip)
-                self.pos += skip
+        found: list[str] = []
+        try:
+            if keep:
+                for _ in range(count):
+                    end = pos + 8 + unpack(buf, pos)[0]
+                    found.append(str(buf[pos + 8 : end], "utf-8", errors="replace"))
+                    pos = end
             else:
                 for _ in range(count):
-                    self.value(item_type)
-            return ArrayInfo(item_type, count)
-        fmt = _SCALAR_FORMATS.get(vtype)
-        if fmt is None:
-            raise ValueError(f"unknown metadata value type {vtype} at byte {self.pos}")
-        return self.unpack(fmt)
+                    pos += 8 + unpack(buf, pos)[0]
+        except struct.error:
+            pos = size + 1
+        if pos > size:
+            raise ValueError(f"truncated in a string array (file has {size} bytes)")
+        self.pos = pos
+        return tuple(found) if keep else None
 
 
-def _type_sizes() -> dict[int, tuple[int, int]]:
-    """ggml type id -> (block size, bytes per block), as the installed gguf package knows them."""
-    try:
-        from gguf import GGML_QUANT_SIZES
-    except ImportError:  # pragma: no cover - gguf is a dependency
-        return {}
-    return {int(k): (int(v[0]), int(v[1])) for k, v in GGML_QUANT_SIZES.items()}
+@contextmanager
+def _open(path: Path) -> Iterator[_Cursor]:
+    with open(path, "rb") as fh:
+        size = fh.seek(0, 2)
+        if size == 0:
+            raise ValueError("empty file")
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            yield _Cursor(buf, size)
 
 
-def ggml_type_name(type_id: int) -> str:
-    """The ggml type's name (``Q4_K``), or ``type<N>`` when the gguf package lacks it."""
-    try:
-        from gguf import GGMLQuantizationType
-
-        return GGMLQuantizationType(type_id).name
-    except (ImportError, ValueError):
-        return f"type{type_id}"
-
-
-def read_gguf(path: Path) -> GgufSummary:
-    """Parse ``path``'s header, metadata and tensor table; raise InvalidInputError when it is
-    not a complete, well-formed GGUF (bad magic, truncated, tensors beyond the end)."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            size = fh.seek(0, 2)
-            if size == 0:
-                raise ValueError("empty file")
-            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-                return _parse(path, buf, size)
-    except (ValueError, struct.error, UnicodeDecodeError, OverflowError) as exc:
-        raise InvalidInputError(
-            f"{path} is not a valid GGUF: {exc}",
-            "delete it and run the stage that writes it again",
-        ) from exc
-
-
-def _parse(path: Path, buf: Any, size: int) -> GgufSummary:
-    cur = _Cursor(buf, size)
+def _read_metadata(cur: _Cursor, arrays: Collection[str]) -> tuple[int, int, dict[str, Any]]:
+    """The header and KV section: (version, tensor count, metadata)."""
     cur.need(4)
-    if bytes(buf[0:4]) != GGUF_MAGIC:
-        raise ValueError(f"bad magic {bytes(buf[0:4])!r}")
+    if _U32.unpack_from(cur.buf, 0)[0] != GGUF_MAGIC:
+        raise ValueError(f"bad magic {cur.buf[0:4]!r}")
     cur.pos = 4
-    version = cur.unpack("<I")
-    if version not in (2, 3):
+    version = cur.scalar(_U32)
+    if version not in _VERSIONS:
         raise ValueError(f"unsupported GGUF version {version} (big-endian file?)")
-    n_tensors = cur.unpack("<Q")
-    n_kv = cur.unpack("<Q")
+    n_tensors = cur.scalar(_U64)
+    n_kv = cur.scalar(_U64)
     metadata: dict[str, Any] = {}
     for _ in range(n_kv):
         key = cur.string()
-        vtype = cur.unpack("<I")
+        kind = cur.value_type()
         if key in metadata:
             raise ValueError(f"duplicate metadata key {key!r}")
-        metadata[key] = cur.value(vtype)
-    sizes = _type_sizes()
+        metadata[key] = cur.value(kind, whole=key in arrays)
+    return version, n_tensors, metadata
+
+
+def _read_tensors(
+    cur: _Cursor, n_tensors: int, metadata: Mapping[str, Any]
+) -> tuple[tuple[TensorInfo, ...], int]:
+    """The tensor table, checked against the file's size: (tensors, data offset)."""
     raw: list[tuple[str, tuple[int, ...], int, int]] = []
     for _ in range(n_tensors):
         name = cur.string()
-        n_dims = cur.unpack("<I")
-        if n_dims > 4:
+        n_dims = cur.scalar(_U32)
+        if n_dims > _MAX_DIMS:
             raise ValueError(f"tensor {name!r} has {n_dims} dimensions")
-        dims = tuple(cur.unpack("<Q") for _ in range(n_dims))
-        raw.append((name, dims, cur.unpack("<I"), cur.unpack("<Q")))
-    alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+        dims = tuple(cur.scalar(_U64) for _ in range(n_dims))
+        raw.append((name, dims, cur.scalar(_U32), cur.scalar(_U64)))
+    alignment = metadata.get("general.alignment", GGUF_DEFAULT_ALIGNMENT)
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
         raise ValueError(f"invalid general.alignment {alignment!r}")
     data_offset = -(-cur.pos // alignment) * alignment
@@ -280,97 +333,45 @@ def _parse(path: Path, buf: Any, size: int) -> GgufSummary:
         for d in dims:
             n_elements *= d
         n_bytes = None
-        if ggml_type in sizes:
-            block, type_size = sizes[ggml_type]
+        if ggml_type in GGML_QUANT_SIZES:
+            block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
             n_bytes = n_elements // block * type_size
-            if data_offset + offset + n_bytes > size:
+            if data_offset + offset + n_bytes > cur.size:
                 raise ValueError(
                     f"tensor {name!r} ends at byte {data_offset + offset + n_bytes}, beyond the "
-                    f"end of the file ({size} bytes): truncated"
+                    f"end of the file ({cur.size} bytes): truncated"
                 )
         tensors.append(TensorInfo(name, dims, ggml_type, offset, n_elements, n_bytes))
-    return GgufSummary(path, size, version, metadata, tuple(tensors), data_offset)
+    return tuple(tensors), data_offset
 
 
-@dataclass(frozen=True)
-class Expectation:
-    """What a stage expects of the GGUF it wrote; ``None`` fields are not checked."""
-
-    architecture: str | None = None
-    file_type: int | None = None
-    tensor_count: int | None = None
-    name: str | None = None
-    chat_template: str | None = None
-    token_count: int | None = None
-    block_count: int | None = None
-    tensor_names: frozenset[str] | None = None
-
-
-_BLOCK_RE = re.compile(r"^blk\.(\d+)\.")
-
-
-def problems(summary: GgufSummary, expect: Expectation) -> list[str]:
-    """Everything wrong with ``summary`` against ``expect`` and the rules every model GGUF
-    must follow (a tokenizer, a chat template, the vocabulary matching the embedding)."""
-    found: list[str] = []
-
-    def differ(what: str, want: Any, got: Any) -> None:
-        if want is not None and want != got:
-            found.append(f"{what} is {got!r}, expected {want!r}")
-
-    if not summary.architecture:
-        found.append("general.architecture is missing")
-    differ("general.architecture", expect.architecture, summary.architecture)
-    differ("general.file_type", expect.file_type, summary.file_type)
-    differ("general.name", expect.name, summary.name)
-    differ("the tensor count", expect.tensor_count, summary.tensor_count)
-    differ(f"{summary.architecture}.block_count", expect.block_count, summary.block_count)
-    if summary.tensor_count == 0:
-        found.append("it has no tensors")
-    if not summary.tokenizer_model:
-        found.append("tokenizer.ggml.model is missing (no tokenizer)")
-    if summary.token_count == 0:
-        found.append("tokenizer.ggml.tokens is missing or empty")
-    differ("the vocabulary size", expect.token_count, summary.token_count)
-    if not summary.chat_template:
-        found.append("tokenizer.chat_template is missing")
-    elif expect.chat_template is not None and summary.chat_template != expect.chat_template:
-        found.append("tokenizer.chat_template differs from the source's chat template")
-    embd = summary.tensor("token_embd.weight")
-    if embd is not None and len(embd.shape) == 2 and embd.shape[1] != summary.token_count:
-        found.append(
-            f"token_embd.weight has {embd.shape[1]} rows but the vocabulary has "
-            f"{summary.token_count} tokens"
-        )
-    if summary.block_count is not None:
-        blocks = {int(m.group(1)) for t in summary.tensors if (m := _BLOCK_RE.match(t.name))}
-        missing = sorted(set(range(summary.block_count)) - blocks)
-        if missing:
-            found.append(f"no tensors for blocks {missing[:8]} of {summary.block_count}")
-    if expect.tensor_names is not None:
-        names = {t.name for t in summary.tensors}
-        if names != expect.tensor_names:
-            lost = sorted(expect.tensor_names - names)[:5]
-            extra = sorted(names - expect.tensor_names)[:5]
-            found.append(f"tensor names differ from the source (missing {lost}, extra {extra})")
-    return found
-
-
-def check_gguf(path: Path, expect: Expectation, *, what: str) -> GgufSummary:
-    """Read ``path`` and raise VerificationError naming every problem; return the summary.
-
-    ``what`` names the producer in the message, e.g. ``"the converter's output"``.
-    """
+def read_gguf(path: Path, *, arrays: Collection[str] = ()) -> GgufSummary:
+    """Parse ``path``'s header, metadata and tensor table; the metadata arrays named in
+    ``arrays`` (e.g. ``tokenizer.ggml.tokens``) are read in full, other long ones only as
+    their length. Raise InvalidInputError when it is not a complete, well-formed GGUF (bad
+    magic, truncated, tensors beyond the end)."""
+    path = Path(path)
     try:
-        summary = read_gguf(path)
-    except InvalidInputError as exc:
-        raise VerificationError(
-            f"{what} is not a valid GGUF: {exc.message}", "this is a bug in the tool; report it"
+        with _open(path) as cur:
+            version, n_tensors, metadata = _read_metadata(cur, arrays)
+            tensors, data_offset = _read_tensors(cur, n_tensors, metadata)
+            return GgufSummary(path, cur.size, version, metadata, tensors, data_offset)
+    except (ValueError, struct.error, OverflowError) as exc:
+        raise InvalidInputError(
+            f"{path} is not a valid GGUF: {exc}",
+            "delete it and run the stage that writes it again",
         ) from exc
-    found = problems(summary, expect)
-    if found:
-        raise VerificationError(
-            f"{what} failed its checks: {'; '.join(found)}",
-            "the file was discarded; rerun with PERSONA_EXPORT_DEBUG=1 and report the output",
-        )
-    return summary
+
+
+def read_gguf_metadata(path: Path, *, arrays: Collection[str] = ()) -> dict[str, Any]:
+    """``path``'s metadata alone, as in ``GgufSummary.metadata`` (``arrays`` as for
+    read_gguf): the tensor table is not read. Raise InvalidInputError when the file cannot be
+    read or its header and metadata are not well-formed."""
+    try:
+        with _open(Path(path)) as cur:
+            return _read_metadata(cur, arrays)[2]
+    except (OSError, ValueError, struct.error, OverflowError) as exc:
+        raise InvalidInputError(
+            f"cannot read GGUF metadata from {path}: {exc}",
+            "the file is damaged or not a GGUF; rerun `persona-export gguf` and `quantize`",
+        ) from exc

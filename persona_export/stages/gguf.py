@@ -35,7 +35,8 @@ from persona_export.llamacpp.converter_input import (
     resolve_auto_outtype,
     tokenizer_fix,
 )
-from persona_export.llamacpp.gguf_file import FILE_TYPE_IDS, Expectation, GgufSummary, check_gguf
+from persona_export.llamacpp.gguf_check import Expectation, check_gguf
+from persona_export.llamacpp.gguf_file import FILE_TYPE_IDS, GgufSummary
 from persona_export.stages.base import StageConfig, StageResult, Status
 
 OUTTYPES = ("f16", "bf16", "f32", "q8_0", "auto")

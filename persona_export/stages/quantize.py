@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gguf import LlamaFileType
-
 from persona_export import console
 from persona_export.artifacts import (
     Artifact,
@@ -30,7 +28,8 @@ from persona_export.artifacts.hashing import BackgroundRecords
 from persona_export.errors import InputNotFoundError, InvalidInputError, UsageError
 from persona_export.layout import DEFAULT_QUANT, Layout
 from persona_export.llamacpp import vendor
-from persona_export.llamacpp.gguf_file import Expectation, GgufSummary, check_gguf, read_gguf
+from persona_export.llamacpp.gguf_check import Expectation, check_gguf
+from persona_export.llamacpp.gguf_file import FILE_TYPE_IDS, GgufSummary, read_gguf
 from persona_export.llamacpp.quantize import (
     NEEDS_IMATRIX,
     QuantType,
@@ -45,7 +44,6 @@ STAGE = "quantize"
 DEFAULT_TYPE = DEFAULT_QUANT
 # Sources the stage quantizes from, in the order it looks for them when none is named.
 SOURCE_TYPES = ("F16", "BF16", "F32")
-_SOURCE_FILE_TYPES = {LlamaFileType.MOSTLY_F16, LlamaFileType.MOSTLY_BF16, LlamaFileType.ALL_F32}
 
 
 @dataclass(frozen=True)
@@ -331,7 +329,7 @@ def _find_source(layout: Layout, persona: str, source: str | None) -> Path:
 
 
 def _check_source(summary: GgufSummary, path: Path) -> None:
-    if summary.file_type not in _SOURCE_FILE_TYPES:
+    if summary.file_type not in {FILE_TYPE_IDS[kind] for kind in SOURCE_TYPES}:
         raise InvalidInputError(
             f"{path} is not an F32/F16/BF16 GGUF (general.file_type {summary.file_type})",
             "run the gguf stage again with --force",
