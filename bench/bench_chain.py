@@ -42,10 +42,10 @@ from bench_gguf import (  # noqa: E402
 from bench_merge import PERSONA, ensure_adapter, run_child, warm  # noqa: E402
 from synthetic_base import BENCH_CACHE, ensure_phi4mini_synthetic  # noqa: E402
 
+from persona_export.hf.model_files import TOKENIZER_FILES  # noqa: E402
 from persona_export.layout import Layout  # noqa: E402
 from persona_export.llamacpp import vendor  # noqa: E402
 from persona_export.llamacpp.gguf_file import read_gguf  # noqa: E402
-from persona_export.stages.merge import TOKENIZER_FILES  # noqa: E402
 
 
 def _child(*args: str) -> Timing:

@@ -104,7 +104,8 @@ def by_hand_quantize(f16: Path, out: Path, quant_type: str = "Q4_K_M") -> Timing
 
 def ours_gguf(layout: Layout, persona: str = PERSONA, force: bool = False) -> Timing:
     """Our gguf stage (in this process, as `persona-export gguf` runs it)."""
-    from persona_export.stages.gguf import GgufConfig, run_gguf
+    from persona_export.stages.gguf import GgufConfig
+    from persona_export.stages.gguf import run as run_gguf
 
     got: list[Timing] = []
     with measure(got):
@@ -116,7 +117,8 @@ def ours_quantize(
     layout: Layout, persona: str = PERSONA, quant_type: str = "Q4_K_M", force: bool = False
 ) -> Timing:
     """Our quantize stage (in this process, as `persona-export quantize` runs it)."""
-    from persona_export.stages.quantize import QuantizeConfig, run_quantize
+    from persona_export.stages.quantize import QuantizeConfig
+    from persona_export.stages.quantize import run as run_quantize
 
     got: list[Timing] = []
     with measure(got):

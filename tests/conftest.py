@@ -34,7 +34,8 @@ def phi4mini_project(tmp_path_factory: pytest.TempPathFactory, tiny_phi4mini: Pa
     """A project folder: merged_models/cap/ is the tiny Phi-4-mini and the gguf stage wrote
     gguf_models/cap/cap-F16.gguf (+ manifest). Shared: use ``ggufkit.copy_project`` first
     when a test changes anything."""
-    from persona_export.stages.gguf import GgufConfig, run_gguf
+    from persona_export.stages.gguf import GgufConfig
+    from persona_export.stages.gguf import run as run_gguf
     from tests.ggufkit import copy_merged, project_layout
 
     root = tmp_path_factory.mktemp("phi4mini-project")

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from persona_export.layout import Layout
-from persona_export.stages.merge import MergeConfig, MergeResult, merge
+from persona_export.stages.merge import MergeConfig, MergeResult
+from persona_export.stages.merge import run as merge
 from tests.ggufkit import project_layout
 
 PERSONA = "cap"

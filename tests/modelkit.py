@@ -1221,7 +1221,7 @@ def make_adapter(
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
     elif save_tokenizer:
-        from persona_export.stages.merge import TOKENIZER_FILES
+        from persona_export.hf.model_files import TOKENIZER_FILES
 
         for name in TOKENIZER_FILES:
             if (base_dir / name).is_file():

@@ -25,7 +25,8 @@ from persona_export.hf.chat_formats import (
     load_formats,
 )
 from persona_export.hf.tokenizer import gguf_adds_bos
-from persona_export.stages.modelfile import ModelfileConfig, write_modelfile
+from persona_export.stages.modelfile import ModelfileConfig
+from persona_export.stages.modelfile import run as write_modelfile
 from tests.gotemplate_runner import GoTemplateRenderer
 from tests.modelfile_kit import FORMAT_CASES, TokenizerKind, make_persona_project, write_personas
 from tests.modelfile_parser import parse_modelfile

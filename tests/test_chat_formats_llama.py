@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from persona_export.layout import Layout
-from persona_export.stages.modelfile import ModelfileConfig, write_modelfile
+from persona_export.stages.modelfile import ModelfileConfig
+from persona_export.stages.modelfile import run as write_modelfile
 from tests import hf_chat_templates as hf
 from tests.ggufkit import project_layout
 from tests.gotemplate_runner import GoTemplateRenderer
@@ -33,7 +34,8 @@ pytestmark = [pytest.mark.llama, pytest.mark.slow, pytest.mark.go]
 
 
 def _convert(root: Path, persona: str, make_model) -> Layout:  # type: ignore[no-untyped-def]
-    from persona_export.stages.gguf import GgufConfig, run_gguf
+    from persona_export.stages.gguf import GgufConfig
+    from persona_export.stages.gguf import run as run_gguf
 
     layout = project_layout(root)
     make_model(layout.merged(persona))

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from persona_export.llamacpp import vendor
 from persona_export.llamacpp import convert_launcher as launcher
+from persona_export.llamacpp import vendor
 
 
 def bits(array: np.ndarray) -> np.ndarray:

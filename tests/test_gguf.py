@@ -17,7 +17,9 @@ from typer.testing import CliRunner
 from persona_export.cli import app
 from persona_export.errors import InvalidInputError
 from persona_export.llamacpp import vendor
-from persona_export.stages.gguf import GgufConfig, run_gguf
+from persona_export.errors import OutputConflictError
+from persona_export.stages.gguf import GgufConfig
+from persona_export.stages.gguf import run as run_gguf
 from tests.ggufkit import (
     TEMPLATE,
     dir_args,
@@ -121,25 +123,31 @@ def test_touched_but_unchanged_input_stays_fresh_changed_one_does_not(
 ) -> None:
     layout = project_layout(project)
     use_converter(monkeypatch, fake_converter(project, good_gguf))
-    assert not run_gguf(GgufConfig("cap", layout=layout)).skipped
+    assert not run_gguf(GgufConfig("cap", layout=layout)).up_to_date
     config_json = project / "merged_models" / "cap" / "config.json"
     os.utime(config_json, ns=(time.time_ns(), time.time_ns()))
-    assert run_gguf(GgufConfig("cap", layout=layout)).skipped
+    assert run_gguf(GgufConfig("cap", layout=layout)).up_to_date
     config_json.write_text(config_json.read_text().replace('"llama"', '"llama" '))
-    assert not run_gguf(GgufConfig("cap", layout=layout)).skipped
+    assert not run_gguf(GgufConfig("cap", layout=layout)).up_to_date
 
 
 def test_output_changed_or_without_manifest_is_not_trusted(
     project: Path, good_gguf: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A changed output is made again; a file without our manifest is not ours: it is
+    neither trusted nor replaced."""
     layout = project_layout(project)
     use_converter(monkeypatch, fake_converter(project, good_gguf))
     result = run_gguf(GgufConfig("cap", layout=layout))
     with open(result.gguf_path, "ab") as fh:
         fh.write(b"\0")
-    assert not run_gguf(GgufConfig("cap", layout=layout)).skipped
+    assert not run_gguf(GgufConfig("cap", layout=layout)).up_to_date
     result.manifest_path.unlink()
-    assert not run_gguf(GgufConfig("cap", layout=layout)).skipped
+    before = result.gguf_path.read_bytes()
+    with pytest.raises(OutputConflictError) as refused:
+        run_gguf(GgufConfig("cap", layout=layout))
+    assert refused.value.message.startswith(f"{result.gguf_path} exists and was not written by")
+    assert result.gguf_path.read_bytes() == before
 
 
 def test_wrong_converter_output_fails_and_is_not_kept(
@@ -239,7 +247,7 @@ def test_transformers5_tokenizer_is_converted_through_a_shadow_folder(
     tok_config = {"tokenizer_class": "TokenizersBackend", "backend": "tokenizers"}
     merged = make_fake_merged(tmp_path, architecture="Phi3ForCausalLM", tokenizer_config=tok_config)
     (merged / "chat_template.jinja").write_text(TEMPLATE, encoding="utf-8")
-    stale = tmp_path / "gguf_models" / "cap" / ".tokfix-999999999-x" / "cap"
+    stale = tmp_path / "gguf_models" / "cap" / ".cap-F16.gguf.work-999999999-1" / "cap"
     stale.mkdir(parents=True)  # left by a run that was killed
     use_converter(monkeypatch, fake_converter(tmp_path, good_gguf))
     # the fake GGUF says llama, which the check would refuse for phi3: accept it here
@@ -248,7 +256,7 @@ def test_transformers5_tokenizer_is_converted_through_a_shadow_folder(
     got = seen(tmp_path)
     shadow = Path(got["argv"][0])  # type: ignore[index]
     assert shadow.name == "cap"  # the converter derives general.* fields from the name
-    assert shadow.parent.name.startswith(".tokfix-")
+    assert shadow.parent.name.startswith(".cap-F16.gguf.work-")
     assert shadow.parent.parent == result.gguf_path.parent
     assert got["tokenizer_config"] == {**tok_config, "tokenizer_class": "GPT2Tokenizer"}
     assert got["symlinks"] == sorted(

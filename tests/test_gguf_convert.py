@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from persona_export.artifacts import manifest_path_for
 from persona_export.cli import app
 from persona_export.llamacpp.gguf_file import read_gguf
-from persona_export.stages.gguf import GgufConfig, run_gguf
+from persona_export.stages.gguf import GgufConfig
+from persona_export.stages.gguf import run as run_gguf
 from tests import modelkit as mk
 from tests.ggufkit import copy_merged, dir_args, leftovers, project_layout, sha256
 

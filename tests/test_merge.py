@@ -89,7 +89,7 @@ def test_result_and_merged_folder_of_a_plain_adapter(adapters: Any, tmp_path: Pa
     result = run_merge(make_project(tmp_path, adapter), base)
     merged = result.merged_dir
     assert merged == tmp_path / "merged_models" / "cap"
-    assert not result.skipped and result.dtype == "bfloat16" and result.device == "cpu"
+    assert not result.up_to_date and result.dtype == "bfloat16" and result.device == "cpu"
     assert (result.tensors, result.merged_tensors, result.replaced_tensors) == (14, 8, 0)
     assert result.tokenizer_source == "base" and result.tie_word_embeddings is True
     assert result.shard_files == (merged / "model.safetensors",)
@@ -299,7 +299,8 @@ def test_merged_phi4mini_converts_with_the_pinned_converter(
     """The merged folder is what the gguf stage needs: the real converter takes it, keeps the
     embeddings tied and the o200k tokenizer, and reuses the merge's output hashes."""
     from persona_export.llamacpp.gguf_file import read_gguf
-    from persona_export.stages.gguf import GgufConfig, run_gguf
+    from persona_export.stages.gguf import GgufConfig
+    from persona_export.stages.gguf import run as run_gguf
     from tests.ggufkit import project_layout
 
     adapter = mk.make_adapter(tiny_phi4mini, tmp_path / "adapter", seed=11)

@@ -373,8 +373,9 @@ def test_interrupted_merge_leaves_no_folder(
 def test_leftovers_of_a_killed_run_are_never_taken_as_complete(
     project: Path, phi_small: Path
 ) -> None:
-    """A run killed with SIGKILL leaves its temporary sibling; a folder made by hand (or by
-    an old script) has no manifest. Neither is trusted: the next run merges again."""
+    """A run killed with SIGKILL leaves its temporary sibling: the next run removes it. A
+    folder made by hand (or by an old script) has no manifest: it is not ours, so it is
+    neither trusted nor replaced (one-line error, files untouched) until the user moves it."""
     out = project / "merged_models"
     partial = out / ".cap.partial-999999999-1"  # pid 999999999 does not exist
     partial.mkdir(parents=True)
@@ -383,6 +384,11 @@ def test_leftovers_of_a_killed_run_are_never_taken_as_complete(
     final.mkdir()
     (final / "model.safetensors").write_bytes(b"half")
     (final / "config.json").write_text("{}")
+    result = merge_cli(project, phi_small)
+    assert result.exit_code == 1 and "up to date" not in result.stderr
+    assert error_line(result).startswith(f"{final} exists and was not written by the merge stage")
+    assert (final / "model.safetensors").read_bytes() == b"half"
+    final.rename(project / "moved-away")
     result = merge_cli(project, phi_small)
     assert result.exit_code == 0 and "up to date" not in result.stderr
     assert not partial.exists()

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from persona_export.cli import app
 from persona_export.hf.chat_formats import load_formats
 from persona_export.layout import Layout
-from persona_export.stages.modelfile import ModelfileConfig, write_modelfile
+from persona_export.stages.modelfile import ModelfileConfig
+from persona_export.stages.modelfile import run as write_modelfile
 from tests import hf_chat_templates as hf
 from tests.ggufkit import project_layout
 from tests.modelfile_kit import (

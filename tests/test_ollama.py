@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 
 from persona_export.cli import app
 from persona_export.layout import Layout
-from persona_export.stages.modelfile import ModelfileConfig, write_modelfile
+from persona_export.stages.modelfile import ModelfileConfig
+from persona_export.stages.modelfile import run as write_modelfile
 from tests import hf_chat_templates as hf
 from tests.modelfile_kit import PHI, layout_args, make_persona_project, write_personas
 from tests.modelfile_parser import parse_modelfile

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from persona_export.cli import app
 from persona_export.llamacpp import vendor
 from persona_export.llamacpp.gguf_file import read_gguf
-from persona_export.stages.quantize import list_quant_types, parse_quant_types
+from persona_export.llamacpp.quantize import list_quant_types, parse_quant_types
 from tests import modelkit as mk
 from tests.ggufkit import copy_project, dir_args, fake_quantize, leftovers, sha256, write_gguf
 
@@ -242,7 +242,7 @@ def test_truncated_source_is_refused_before_quantizing(
 
 
 def test_fallback_warnings_are_counted_into_one_line(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    from persona_export.stages.quantize import _QuantizeLines
+    from persona_export.llamacpp.quantize import _QuantizeLines
 
     # llama-quantize's own lines (SmolLM2-135M, 576-wide rows) and another warning
     stream = [

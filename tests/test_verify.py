@@ -12,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from persona_export.cli import app
-from persona_export.stages.verify import FAILED, PASSED, SKIPPED, VerifyConfig, run_verify
+from persona_export.stages.verify import FAILED, PASSED, SKIPPED, VerifyConfig
+from persona_export.stages.verify import run as run_verify
 from tests.modelfile_kit import layout_args
 from tests.verifykit import PERSONA, SYSTEM, Project, copy_project, export_project
 
@@ -57,7 +58,7 @@ def test_correct_export_passes_every_check_then_is_skipped(exported_project: Pro
     if not GO:
         expected["template-modelfile"] = SKIPPED
     assert _statuses(result) == expected
-    assert result.passed and not result.skipped
+    assert result.passed and not result.up_to_date
 
     report = json.loads(result.report.read_text(encoding="utf-8"))
     assert report["passed"] is True
@@ -80,7 +81,7 @@ def test_correct_export_passes_every_check_then_is_skipped(exported_project: Pro
     started = time.monotonic()
     again = _verify(exported_project)
     print(f"no-op verify: {time.monotonic() - started:.2f} s")
-    assert again.skipped and again.passed
+    assert again.up_to_date and again.passed
     assert _statuses(again) == expected
 
     # The command prints the table and the report; exit 0.

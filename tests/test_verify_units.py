@@ -15,12 +15,9 @@ from typer.testing import CliRunner
 from persona_export.cli import app
 from persona_export.errors import ExternalToolError, UsageError
 from persona_export.llamacpp.logits import read_pe_logits
-from persona_export.stages.verify import (
-    FAILED,
-    PASSED,
-    _generation_check,
-    _template_check,
-)
+from persona_export.verify.checks import FAILED, PASSED
+from persona_export.verify.checks import generation_check as _generation_check
+from persona_export.verify.checks import template_check as _template_check
 from persona_export.verify.data import load_bounds, load_conversations, parse_kl_overrides
 from persona_export.verify.metrics import compare
 
@@ -188,7 +185,7 @@ def test_verify_command_bad_persona_name() -> None:
 
 def test_memory_preflight(tmp_path: Path) -> None:
     from persona_export.errors import PersonaExportError
-    from persona_export.stages.verify import check_memory
+    from persona_export.verify.memory import check_memory
 
     (tmp_path / "config.json").write_text('{"torch_dtype": "bfloat16"}')
     (tmp_path / "model.safetensors").write_bytes(b"\0" * (1 << 20))  # 0.5 M bf16 params

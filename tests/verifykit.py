@@ -81,10 +81,14 @@ def make_project(root: Path, *, steer_to: str = "<|end|>", seed: int = 0) -> Pro
 def export_project(project: Project, persona: str = PERSONA) -> Project:
     """Run merge, gguf, quantize (Q4_K_M, Q8_0) and modelfile (FROM the Q4_K_M) with the
     stages' own entry points."""
-    from persona_export.stages.gguf import GgufConfig, run_gguf
-    from persona_export.stages.merge import MergeConfig, merge
-    from persona_export.stages.modelfile import ModelfileConfig, write_modelfile
-    from persona_export.stages.quantize import QuantizeConfig, run_quantize
+    from persona_export.stages.gguf import GgufConfig
+    from persona_export.stages.gguf import run as run_gguf
+    from persona_export.stages.merge import MergeConfig
+    from persona_export.stages.merge import run as merge
+    from persona_export.stages.modelfile import ModelfileConfig
+    from persona_export.stages.modelfile import run as write_modelfile
+    from persona_export.stages.quantize import QuantizeConfig
+    from persona_export.stages.quantize import run as run_quantize
 
     layout = project.layout
     merge(MergeConfig(persona, layout=layout, base_model=str(project.base)))

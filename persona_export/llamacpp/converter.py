@@ -135,7 +135,10 @@ def _relevant_tail(output: str, lines: int = 15) -> str:
     kept = [
         line
         for line in output.splitlines()
-        if line.strip() and not _PROGRESS_RE.match(line) and "**" not in line
+        if line.strip()
+        and not _PROGRESS_RE.match(line)
+        and "**" not in line
+        and not line.startswith(INSTALLED_MARK)
     ]
     return "\n".join(kept[-lines:])
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from persona_export.verify.metrics import Comparison
+if TYPE_CHECKING:
+    from persona_export.verify.metrics import Comparison
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 
