@@ -27,14 +27,12 @@ Nothing here loads a pickle; torch, transformers and gguf are imported only insi
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from persona_export.artifacts import Artifact, record_file
 
 if TYPE_CHECKING:
     from persona_export.llamacpp.gguf_file import GgufSummary
@@ -46,19 +44,11 @@ GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 MODEL_NAME = "SmolLM2-135M-Instruct (Q4_1, dequantized)"
 LICENSE = "apache-2.0"
 
-# Written last into a finished folder; its contents say what the folder was built from.
-STAMP_FILE = "persona_export_demo_base.json"
+STAGE = "demo-base"
+# What older versions wrote into a finished folder instead of a manifest.
+LEGACY_STAMP_FILE = "persona_export_demo_base.json"
 # Bump when the produced folder changes, so that older folders get rebuilt.
 BUILD_FORMAT = 2
-
-REQUIRED_FILES = (
-    "config.json",
-    "generation_config.json",
-    "model.safetensors",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-)
 
 
 class DemoBaseError(RuntimeError):
@@ -97,14 +87,6 @@ def locate_packaged_gguf() -> Path:
             if path.is_file():
                 return path
     raise DemoBaseError(f"{PACKAGE} {dist.version} is installed but has no {GGUF_FILENAME}")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -411,7 +393,8 @@ def convert_gguf_to_hf(gguf_path: Path, out_dir: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _stamp() -> dict[str, Any]:
+def _options() -> dict[str, Any]:
+    """What the folder is built from besides the packaged file (pinned here)."""
     return {
         "package": PACKAGE,
         "package_version": PACKAGE_VERSION,
@@ -423,52 +406,38 @@ def _stamp() -> dict[str, Any]:
     }
 
 
-def is_complete(out_dir: Path) -> bool:
-    """Whether ``out_dir`` holds a finished demo base model of the current build format."""
-    try:
-        stamp = json.loads((out_dir / STAMP_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    if stamp != _stamp():
-        return False
-    return all((out_dir / name).is_file() for name in REQUIRED_FILES)
+def _artifact(out_dir: Path, gguf_path: Path | None) -> Artifact:
+    return Artifact(
+        stage=STAGE,
+        path=out_dir,
+        folder=True,
+        options=_options(),
+        inputs={"gguf": gguf_path} if gguf_path is not None else {},
+        owner_markers=(LEGACY_STAMP_FILE,),
+    )
 
 
 def build_demo_base(out_dir: Path) -> Path:
     """Build (or reuse) the demo base model as a Hugging Face folder at ``out_dir``.
 
-    Returns ``out_dir``. A finished folder (see :func:`is_complete`) is left as is. Otherwise
-    the folder is built in a temporary sibling and renamed into place at the end, so that an
+    Returns ``out_dir``. A folder whose manifest says it was built from the pinned file with
+    the current build format is left as is. Otherwise it is built in a temporary sibling and
+    renamed into place at the end (:class:`~persona_export.artifacts.Artifact`), so that an
     interrupted build never leaves a folder that looks finished.
     """
     out_dir = Path(out_dir)
-    if is_complete(out_dir):
-        return out_dir
-
     gguf_path = locate_packaged_gguf()
-    digest = _sha256(gguf_path)
-    if digest != GGUF_SHA256:
+    artifact = _artifact(out_dir, gguf_path)
+    if artifact.fresh():
+        return out_dir
+    record = record_file(gguf_path)
+    if record.sha256 != GGUF_SHA256:
         raise DemoBaseError(
-            f"{gguf_path} has sha256 {digest}, expected {GGUF_SHA256}: reinstall {PACKAGE}"
+            f"{gguf_path} has sha256 {record.sha256}, expected {GGUF_SHA256}: reinstall {PACKAGE}"
         )
-
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it 0700; the result is an ordinary folder
-        convert_gguf_to_hf(gguf_path, tmp)
-        _write_json(tmp / STAMP_FILE, _stamp())
-        if out_dir.exists() or out_dir.is_symlink():
-            # An unfinished or outdated folder: move it aside, then drop it after the rename.
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.replace(out_dir, old / "x")
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with artifact.write() as writing:
+        convert_gguf_to_hf(gguf_path, writing.tmp)
+        writing.record({"gguf": record}, extra={"model": MODEL_NAME})
     return out_dir
 
 
@@ -481,6 +450,5 @@ __all__ = [
     "DemoBaseError",
     "build_demo_base",
     "convert_gguf_to_hf",
-    "is_complete",
     "locate_packaged_gguf",
 ]

@@ -150,7 +150,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
             base_dir=base_dir, adapter_dir=layout.adapter("demo_pirate"), force=config.retrain
         )
     )
-    if trained.skipped:
+    if trained.up_to_date:
         console.info(f"  {trained.adapter_dir} is up to date (trained from the same data)")
     else:
         console.info(
@@ -182,7 +182,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
             None,
             seconds,
             time.monotonic() - started,
-            not trained.skipped,
+            not trained.up_to_date,
         )
 
     console.info("[demo 4/4] one question to demo_pirate through llama.cpp")
@@ -200,5 +200,5 @@ def run_demo(config: DemoConfig) -> DemoResult:
         answer=answer,
         step_seconds=seconds,
         seconds=time.monotonic() - started,
-        trained=not trained.skipped,
+        trained=not trained.up_to_date,
     )

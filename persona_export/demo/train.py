@@ -25,16 +25,7 @@ from typing import Any
 import tomllib
 
 from persona_export import console
-from persona_export.artifacts import (
-    DIR_MANIFEST,
-    Manifest,
-    atomic_dir,
-    is_fresh,
-    read_json,
-    record_file,
-    record_tree,
-    write_json_atomic,
-)
+from persona_export.artifacts import Artifact, record_file
 from persona_export.errors import InvalidInputError, UsageError
 from persona_export.personas import load_personas
 
@@ -75,7 +66,7 @@ class TrainResult:
     """The adapter and how training went (losses are epoch means over the answer tokens)."""
 
     adapter_dir: Path
-    skipped: bool
+    up_to_date: bool
     epochs: int
     steps: int
     first_loss: float
@@ -170,25 +161,16 @@ def train_adapter(config: TrainConfig) -> TrainResult:
     """Train (or reuse) the demo adapter; see the module docstring."""
     started = time.monotonic()
     data = load_training_data(config.data_file, config.personas_file)
-    s = data.settings
-    options = {"format": TRAIN_FORMAT, "settings": dict(s)}
-    inputs = _inputs(config)
-    manifest_file = config.adapter_dir / DIR_MANIFEST
-    if (
-        not config.force
-        and manifest_file.is_file()
-        and is_fresh(
-            manifest_file,
-            options=options,
-            inputs=inputs,
-            outputs={
-                p.name: p
-                for p in config.adapter_dir.iterdir()
-                if p.is_file() and p.name != DIR_MANIFEST
-            },
-        )
-    ):
-        done = read_json(manifest_file) or {}
+    artifact = Artifact(
+        stage=STAGE,
+        path=config.adapter_dir,
+        folder=True,
+        options={"format": TRAIN_FORMAT, "settings": dict(data.settings)},
+        inputs=_inputs(config),
+        protected=(config.base_dir,),
+    )
+    if artifact.fresh(force=config.force):
+        done = artifact.recorded() or {}
         return TrainResult(
             config.adapter_dir,
             True,
@@ -199,11 +181,40 @@ def train_adapter(config: TrainConfig) -> TrainResult:
             int(done.get("trainable_parameters", 0)),
             time.monotonic() - started,
         )
+    artifact.check_writable()
+    model, losses, steps, n_trainable = _fit(config, data, started)
+    with artifact.write() as writing:
+        model.peft_config["default"].base_model_name_or_path = str(config.base_dir)
+        model.save_pretrained(str(writing.tmp), safe_serialization=True)
+        for name in TOKENIZER_FILES:
+            if (config.base_dir / name).is_file():
+                shutil.copyfile(config.base_dir / name, writing.tmp / name)
+        figures = {
+            "epochs": len(losses),
+            "steps": steps,
+            "first_loss": losses[0],
+            "final_loss": losses[-1],
+            "trainable_parameters": n_trainable,
+        }
+        writing.record(
+            {k: record_file(v) for k, v in artifact.inputs.items()},
+            extra={**figures, "losses": losses, "persona": data.persona},
+        )
+    seconds = time.monotonic() - started
+    return TrainResult(
+        config.adapter_dir, False, len(losses), steps, losses[0], losses[-1], n_trainable, seconds
+    )
 
+
+def _fit(
+    config: TrainConfig, data: TrainingData, started: float
+) -> tuple[Any, list[float], int, int]:
+    """The LoRA model trained on ``data`` (epoch mean losses, steps, trainable parameters)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    s = data.settings
     torch.manual_seed(s["seed"])
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -255,31 +266,4 @@ def train_adapter(config: TrainConfig) -> TrainResult:
         if losses[-1] < s["target_loss"]:
             break
     model.eval()
-
-    config.adapter_dir.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_dir(config.adapter_dir) as tmp:
-        model.peft_config["default"].base_model_name_or_path = str(config.base_dir)
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        for name in TOKENIZER_FILES:
-            if (config.base_dir / name).is_file():
-                shutil.copyfile(config.base_dir / name, tmp / name)
-        seconds = time.monotonic() - started
-        figures = {
-            "epochs": len(losses),
-            "steps": steps,
-            "first_loss": losses[0],
-            "final_loss": losses[-1],
-            "trainable_parameters": n_trainable,
-        }
-        manifest = Manifest(
-            stage=STAGE,
-            options=options,
-            inputs={k: record_file(v) for k, v in inputs.items()},
-            outputs=record_tree(tmp),
-            seconds=seconds,
-            extra={**figures, "losses": losses, "persona": data.persona},
-        )
-        write_json_atomic(tmp / DIR_MANIFEST, manifest.to_json())
-    return TrainResult(
-        config.adapter_dir, False, len(losses), steps, losses[0], losses[-1], n_trainable, seconds
-    )
+    return model, losses, steps, n_trainable
