@@ -59,11 +59,28 @@ def test_project_lock_pins_the_sdist() -> None:
     lock = vendor.load_lock()
     assert lock.package == "llama-cpp-python"
     assert lock.version == "0.3.36"
-    assert len(lock.sha256) == 64 and lock.key == lock.sha256[:16]
+    assert len(lock.sha256) == 64 and lock.key.startswith(lock.sha256[:16] + "-")
     assert lock.subdir.endswith("vendor/llama.cpp")
     assert lock.llama_cpp_commit == "0c1e57098"
     assert {"convert_hf_to_gguf.py", "gguf-py", "conversion"} <= set(lock.extract_paths)
     assert {"llama-quantize", "llama-server"} <= set(lock.targets)
+
+
+def test_build_settings_are_part_of_the_cache_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build made with other targets or cmake arguments is never taken for this one."""
+    import dataclasses
+
+    lock = vendor.load_lock()
+    other = dataclasses.replace(lock, cmake_args=(*lock.cmake_args, "-DGGML_NATIVE=OFF"))
+    assert other.key != lock.key and other.key[:16] == lock.key[:16]
+    assert dataclasses.replace(lock, targets=lock.targets[:1]).key != lock.key
+    monkeypatch.setattr(vendor.platform, "machine", lambda: "x86_64")
+    assert vendor.machine_cmake_args() == (
+        "-DCMAKE_C_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16",
+        "-DCMAKE_CXX_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16",
+    )
+    monkeypatch.setattr(vendor.platform, "machine", lambda: "aarch64")
+    assert vendor.machine_cmake_args() == ()
 
 
 def test_corrupted_sdist_is_refused_and_nothing_extracted(isolated: Path) -> None:

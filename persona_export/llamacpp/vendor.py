@@ -9,6 +9,7 @@ folder outside the clone keyed by the hash, so a second run on the same machine 
 from __future__ import annotations
 
 import os
+import platform
 import re
 import shutil
 import sys
@@ -49,8 +50,33 @@ class VendorLock:
 
     @property
     def key(self) -> str:
-        """The cache key: the first 16 hex digits of the sdist's sha256."""
-        return self.sha256[:16]
+        """The cache key: the first 16 hex digits of the sdist's sha256, then 8 of a hash of
+        the build settings (targets, cmake arguments, the native helpers' sources), so that
+        a change of any of them builds afresh instead of trusting an older build."""
+        import hashlib
+
+        settings = hashlib.sha256(
+            "\0".join(
+                [*self.targets, "|", *self.cmake_args, *machine_cmake_args(), "|"]
+                + [source.read_text(encoding="utf-8") for source in NATIVE_TOOLS.values()]
+            ).encode("utf-8")
+        ).hexdigest()
+        return f"{self.sha256[:16]}-{settings[:8]}"
+
+
+# Some virtual machines report AMX in /proc/cpuinfo but trap its instructions (seen here:
+# "trap invalid opcode" on `tilezero` in libggml-cpu, an "Illegal instruction" whenever a
+# quantized GGUF is run). ggml compiles its AMX kernels in whenever the compiler targets AMX,
+# which -march=native (GGML_NATIVE) does on such a CPU, and uses them without a runtime check
+# that holds there. AMX only speeds up large batches on the few CPUs that have it: leave it out.
+_X86_NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+
+
+def machine_cmake_args() -> tuple[str, ...]:
+    """cmake arguments this machine's build adds to the lock's (x86-64: no AMX)."""
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        return (f"-DCMAKE_C_FLAGS={_X86_NO_AMX}", f"-DCMAKE_CXX_FLAGS={_X86_NO_AMX}")
+    return ()
 
 
 def lock_path() -> Path:
@@ -238,7 +264,7 @@ def build(lock: VendorLock, src: Path, jobs: int | None = None) -> Path:
     console.info(f"building {', '.join(lock.targets)} with cmake ({jobs} jobs); log: {log}")
     hint = f"see the full log at {log}; `make vendor` retries (the build resumes)"
     run(
-        ["cmake", "-S", build_src, "-B", build_dir, *lock.cmake_args],
+        ["cmake", "-S", build_src, "-B", build_dir, *lock.cmake_args, *machine_cmake_args()],
         what="cmake configure",
         log_path=log,
         hint=hint,
