@@ -153,3 +153,20 @@ def test_server_pid_is_reaped_after_a_normal_exit(
     with server_module.llama_server(tmp_path / "x.gguf", tmp_path / "logs") as server:
         pid = server.pid
     assert wait_dead(pid, 0.1) and gone(pid)
+
+
+@pytest.mark.parametrize(("value", "shown"), [("0", False), ("off", False), ("1", True)])
+def test_server_command_is_shown_only_when_debugging(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    value: str,
+    shown: bool,
+) -> None:
+    fake = fake_server(tmp_path)
+    monkeypatch.setattr(vendor, "tool", lambda name: fake)
+    monkeypatch.setenv("PERSONA_EXPORT_DEBUG", value)
+    with server_module.llama_server(tmp_path / "x.gguf", tmp_path / "logs"):
+        pass
+    err = capsys.readouterr().err
+    assert (f"$ {fake} --model" in err) is shown, err
