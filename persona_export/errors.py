@@ -56,8 +56,9 @@ class IntegrityError(PersonaExportError, ValueError):
     """A download or artifact does not match its recorded hash."""
 
 
-class VerificationError(PersonaExportError, AssertionError):
-    """An exported artifact does not behave like its source."""
+class VerificationError(PersonaExportError, RuntimeError):
+    """An exported artifact does not behave like its source. (Not an AssertionError: its
+    meaning must survive ``python -O``, and a bug's ``assert`` is not a failed check.)"""
 
 
 class OfflineError(PersonaExportError, ConnectionError):

@@ -2,8 +2,9 @@
 
 Each is the ``chat_template`` of the named model's ``tokenizer_config.json`` on the Hugging
 Face hub, copied verbatim (the hub is not reachable from tests, so the text lives here). The
-exact texts were checked against public copies of those files: Phi-4-mini against
-../shared/PHI4MINI.md; the others against the copies quoted in public projects that test
+exact texts were checked against public copies of those files: Phi-4-mini against its
+model card's tokenizer_config.json (the text of tests/modelkit.PHI4MINI_CHAT_TEMPLATE); the
+others against the copies quoted in public projects that test
 chat templates (llama.cpp's and mistral.rs's template tests, the Berkeley function-calling
 leaderboard's model handlers, HF tokenizer_config.json dumps).
 """

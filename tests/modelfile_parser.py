@@ -1,6 +1,6 @@
 """A strict Modelfile parser for the tests, written apart from persona_export's own.
 
-It follows Ollama's grammar (parser/parser.go, 0.33 line; ../shared/OLLAMA.md) but is built
+It follows Ollama's grammar (Ollama's parser/parser.go, 0.33 line; summed up below) but is built
 differently (regular expressions over the whole text instead of a character state machine)
 so the two can check each other, and it is stricter than Ollama where a Modelfile we write
 should never go: it refuses a BOM, CR line ends, control characters (which Ollama would

@@ -62,7 +62,14 @@ __all__ = [
 ]
 
 # --------------------------------------------------------------------------------------
-# Facts of microsoft/Phi-4-mini-instruct (see /work/shared/PHI4MINI.md)
+# Facts of microsoft/Phi-4-mini-instruct, from its config.json, generation_config.json and
+# tokenizer_config.json on the Hugging Face hub (the 7.7 GB weights cannot be downloaded
+# here): Phi3ForCausalLM, hidden 3072, 32 layers, 24 heads / 8 KV heads, partial rotary
+# factor 0.75 (96 rotary dims, so LongRoPE factor lists of 48), tied embeddings, vocab_size
+# 200064 (len(tokenizer) 200029: the converter pads ids 200029-200063), eos 199999 in
+# config.json and [200020, 199999] in generation_config.json. Tokenizer: byte-level BPE
+# with o200k's vocabulary, declared GPT2Tokenizer with add_bos_token false and the chat
+# template inline; llama.cpp's converter recognises its pre-tokenizer as gpt-4o.
 # --------------------------------------------------------------------------------------
 
 PHI4MINI_CHAT_TEMPLATE = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -10,7 +11,14 @@ import typer
 from typer.testing import CliRunner
 
 from persona_export.cli import app
-from persona_export.errors import InvalidInputError, UsageError
+from persona_export.errors import (
+    DiskSpaceError,
+    InvalidInputError,
+    Terminated,
+    ToolMissingError,
+    UsageError,
+    VerificationError,
+)
 
 runner = CliRunner()
 
@@ -98,6 +106,101 @@ def test_debug_variable_off_values_hide_the_traceback(
     assert result.exit_code == 1
     assert result.output.startswith("error: internal error: KeyError")
     assert "Traceback" not in result.output
+
+
+def test_ctrl_c_is_one_line_and_exit_130() -> None:
+    result = runner.invoke(_app_raising(KeyboardInterrupt()), ["boom"])
+    assert result.exit_code == 130
+    assert result.output == "interrupted; outputs of the unfinished stage were discarded\n"
+
+
+def test_sigterm_is_one_line_and_exit_143() -> None:
+    result = runner.invoke(_app_raising(Terminated()), ["boom"])
+    assert result.exit_code == 143
+    assert result.output == "terminated; outputs of the unfinished stage were discarded\n"
+
+
+def test_os_error_is_one_line_with_the_path_hint() -> None:
+    exc = PermissionError(13, "Permission denied", "/out/cap-F16.gguf")
+    result = runner.invoke(_app_raising(exc), ["boom"])
+    assert result.exit_code == 1
+    assert result.output == (
+        "error: [Errno 13] Permission denied: '/out/cap-F16.gguf'\n"
+        "hint: check the path, free disk space and permissions\n"
+    )
+
+
+def test_os_error_with_debug_shows_the_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PERSONA_EXPORT_DEBUG", "1")
+    result = runner.invoke(_app_raising(OSError(28, "No space left on device")), ["boom"])
+    assert result.exit_code == 1
+    assert "Traceback" in result.output
+    assert result.output.endswith(
+        "error: [Errno 28] No space left on device\n"
+        "hint: check the path, free disk space and permissions\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ToolMissingError("llama-quantize is not built", "run `persona-export vendor`"),
+        DiskSpaceError("needs 8 GB, 2 GB free", "free some space"),
+        VerificationError("logits differ", "see verify.json"),
+    ],
+)
+def test_our_os_and_runtime_errors_keep_their_own_hint(exc: Exception) -> None:
+    result = runner.invoke(_app_raising(exc), ["boom"])
+    assert result.exit_code == 1
+    assert result.output == f"error: {exc}\nhint: {exc.hint}\n"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("exc", [AssertionError("x == 1"), RuntimeError("oops")])
+def test_a_bug_is_still_an_internal_error(exc: Exception) -> None:
+    result = runner.invoke(_app_raising(exc), ["boom"])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"error: internal error: {type(exc).__name__}: ")
+    assert "this is a bug in persona-export" in result.output
+
+
+def test_main_handles_sigterm_outside_a_command(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import signal
+
+    from persona_export.cli import _app
+
+    def terminated(**kwargs: object) -> None:
+        raise Terminated
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(_app, "app", terminated)
+    try:
+        with pytest.raises(SystemExit) as ended:
+            _app.main()
+        assert signal.getsignal(signal.SIGTERM) is _app._raise_terminated
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert ended.value.code == 143
+    assert capsys.readouterr().err == (
+        "terminated; outputs of the unfinished stage were discarded\n"
+    )
+
+
+def test_a_second_sigterm_does_not_cut_the_cleanup_short() -> None:
+    import signal
+
+    from persona_export.cli import _app
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGTERM, _app._raise_terminated)
+        with pytest.raises(Terminated):
+            _app._raise_terminated(signal.SIGTERM, None)
+        # the next SIGTERM finds a handler that returns: the cleanup goes on
+        os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def test_debug_variable_shows_the_traceback() -> None:

