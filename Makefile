@@ -18,6 +18,7 @@ BASE_MODEL  ?= microsoft/Phi-4-mini-instruct
 ADAPTER_DIR ?= trained_adapters
 MERGED_DIR  ?= merged_models
 GGUF_DIR    ?= gguf_models
+FUZZ_EXAMPLES ?= 300
 MERGE_ARGS  ?=
 EXPORT_ARGS ?=
 OLLAMA_ARGS ?=
@@ -31,7 +32,7 @@ QUANT_GGUF:= $(GGUF_DIR)/$(persona)/$(persona)-$(QUANT).gguf
 MODELFILE := $(GGUF_DIR)/$(persona)/Modelfile
 DIRS      := --adapter-dir $(ADAPTER_DIR) --output-dir-base $(MERGED_DIR) --gguf-dir $(GGUF_DIR)
 
-.PHONY: help setup vendor test test-fast lint format demo bench bench-merge bench-gguf \
+.PHONY: help setup vendor test test-fast fuzz lint format demo bench bench-merge bench-gguf \
         bench-chain bench-export \
         merge gguf quantize modelfile ollama verify export doctor clean-build need-persona
 
@@ -39,6 +40,7 @@ help:
 	@echo "make setup                       virtualenv, CPU torch, package + dev extras, llama.cpp tools"
 	@echo "make demo                        the whole chain on a real small model, no model hub needed"
 	@echo "make test                        every test (slow ones included), after setup"
+	@echo "make fuzz                        malformed inputs against the commands (FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) each)"
 	@echo "make lint                        ruff + mypy"
 	@echo "make persona=NAME merge|gguf|quantize|modelfile|ollama|verify"
 	@echo "                                 run the chain up to that stage (QUANT=$(QUANT), BASE_MODEL=...)"
@@ -69,6 +71,11 @@ test: setup
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# `make test` runs the fuzz tests too, at a small fixed budget; this runs them with a larger,
+# random one (hypothesis prints any failing input).
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -m fuzz $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check persona_export tests bench
