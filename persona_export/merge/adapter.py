@@ -11,7 +11,6 @@ matched against module names as :func:`peft.utils.other.get_pattern_key` does.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -20,27 +19,27 @@ from pathlib import Path
 from typing import Any
 
 from persona_export.errors import InvalidInputError, UnsupportedError
+from persona_export.merge.adapter_config import (
+    CONFIG_NAME,
+    UNSUPPORTED_FIELDS,
+    check_adapter_targets,
+    read_config,
+)
 from persona_export.merge.safetensors_io import TensorInfo, read_header
 
-CONFIG_NAME = "adapter_config.json"
+__all__ = [
+    "CONFIG_NAME",
+    "UNSUPPORTED_FIELDS",
+    "Adapter",
+    "AdapterTensors",
+    "LoraModule",
+    "read_adapter",
+    "read_config",
+]
+
 SAFETENSORS_NAME = "adapter_model.safetensors"
 PICKLE_NAME = "adapter_model.bin"
 PEFT_PREFIX = "base_model.model."
-
-# LoraConfig fields that turn on a LoRA variant or a structure this merge does not
-# reproduce; a truthy value is refused. (use_dora and lora_bias are handled.)
-UNSUPPORTED_FIELDS = {
-    "alora_invocation_tokens": "aLoRA (activated LoRA)",
-    "arrow_config": "Arrow routing",
-    "use_bdlora": "block-diagonal LoRA",
-    "velora_config": "VeLoRA",
-    "monteclora_config": "MonteCLoRA",
-    "kasa_config": "KaSA",
-    "layer_replication": "layer_replication",
-    "target_parameters": "target_parameters (LoRA on raw parameters)",
-    "trainable_token_indices": "trainable_token_indices",
-    "use_qalora": "QA-LoRA",
-}
 
 _LORA_RE = re.compile(r"^(?P<module>.+)\.lora_(?P<role>A|B)(?:\.default)?\.(?P<param>weight|bias)$")
 _EMBED_RE = re.compile(r"^(?P<module>.+)\.lora_embedding_(?P<role>A|B)(?:\.default)?$")
@@ -122,47 +121,6 @@ class Adapter:
         return [self.folder / CONFIG_NAME, self.tensors.path]
 
 
-def read_config(folder: Path) -> dict[str, Any]:
-    """adapter_config.json of ``folder``, checked to describe a LoRA this tool can merge."""
-    path = folder / CONFIG_NAME
-    if not path.is_file():
-        raise InvalidInputError(
-            f"{folder} has no {CONFIG_NAME}: it is not a PEFT adapter folder",
-            "point --adapter-dir at the folder holding <persona>_final_adapter/ as saved by "
-            "PeftModel.save_pretrained (adapter_config.json + adapter_model.safetensors)",
-        )
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise InvalidInputError(
-            f"{path} is not valid JSON", "save the adapter again with save_pretrained"
-        ) from exc
-    if not isinstance(config, dict):
-        raise InvalidInputError(f"{path} is not a JSON object", "save the adapter again")
-    peft_type = str(config.get("peft_type", "")).upper()
-    if peft_type != "LORA":
-        raise UnsupportedError(
-            f"{path}: peft_type {config.get('peft_type')!r} is not supported; only LoRA "
-            "(including DoRA and rsLoRA) adapters can be merged",
-            "merge it with PEFT itself (merge_and_unload) or train a LoRA adapter",
-        )
-    for key, what in UNSUPPORTED_FIELDS.items():
-        if config.get(key):
-            raise UnsupportedError(
-                f"{path}: {what} ({key}) is not supported by this merge",
-                "merge it with PEFT's merge_and_unload, or train without that option",
-            )
-    if str(config.get("init_lora_weights", "")).lower() == "mica":
-        raise UnsupportedError(
-            f"{path}: the MiCA LoRA variant is not supported by this merge",
-            "merge it with PEFT's merge_and_unload",
-        )
-    for key in ("r", "lora_alpha"):
-        if not isinstance(config.get(key), (int, float)) or config[key] <= 0:
-            raise InvalidInputError(f"{path}: {key} is missing or not positive", "save it again")
-    return config
-
-
 def _load_tensors(folder: Path, allow_pickle: bool) -> AdapterTensors:
     safetensors_path = folder / SAFETENSORS_NAME
     pickle_path = folder / PICKLE_NAME
@@ -201,13 +159,14 @@ def _load_tensors(folder: Path, allow_pickle: bool) -> AdapterTensors:
 
 
 def _scaling(config: Mapping[str, Any], module: str) -> tuple[int, float]:
+    """(rank, scaling) of ``module``; the config's values were checked by read_config."""
     rank_pattern = dict(config.get("rank_pattern") or {})
     alpha_pattern = dict(config.get("alpha_pattern") or {})
-    r = rank_pattern.get(get_pattern_key(list(rank_pattern), module), config["r"])
+    r = int(rank_pattern.get(get_pattern_key(list(rank_pattern), module), config["r"]))
     alpha = alpha_pattern.get(get_pattern_key(list(alpha_pattern), module), config["lora_alpha"])
     if config.get("use_rslora"):
-        return int(r), alpha / math.sqrt(r)
-    return int(r), alpha / r
+        return r, alpha / math.sqrt(r)
+    return r, alpha / r
 
 
 def read_adapter(folder: Path, *, allow_pickle: bool = False) -> Adapter:
@@ -293,6 +252,9 @@ def read_adapter(folder: Path, *, allow_pickle: bool = False) -> Adapter:
         )
     if not modules and not replacements:
         raise InvalidInputError(f"{tensors.path} holds no LoRA tensors", "save the adapter again")
+    check_adapter_targets(
+        config, folder / CONFIG_NAME, {m: lm.kind for m, lm in modules.items()}, tensors.path
+    )
     return Adapter(
         folder=folder,
         config=config,

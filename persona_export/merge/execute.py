@@ -6,6 +6,12 @@ that change dtype, are read a block of rows at a time, merged (:mod:`.tensors`) 
 to a writer thread, so reading and computing the next block overlaps writing the last one.
 At most a few blocks are alive at once, so peak memory stays near the size of one block
 plus the adapter, whatever the model size.
+
+Every value that comes from the adapter or from the merge arithmetic is checked to be finite
+as it streams (the adapter's LoRA tensors when loaded, each merged block, each tensor the
+adapter replaces), so a NaN or infinity (a diverged training run, a delta that overflows the
+output dtype, a DoRA row whose norm is zero) stops the merge naming the tensor, before the
+output folder is renamed into place. Base tensors copied unchanged are not re-checked.
 """
 
 from __future__ import annotations
@@ -20,10 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from persona_export.errors import InvalidInputError
 from persona_export.merge.adapter import Adapter
 from persona_export.merge.plan import LoraUpdate, MergePlan, PlannedTensor, Source
 from persona_export.merge.safetensors_io import (
     DTYPE_SIZES,
+    FLOAT_DTYPES,
     ShardWriter,
     plan_shards,
     read_bytes_into,
@@ -96,7 +104,8 @@ class _TensorReader:
         return self.rows(source, 0, source.shape[0] if source.shape else 0)
 
     def adapter_tensor(self, name: str, device: torch.device) -> torch.Tensor:
-        """An adapter tensor as float32 on ``device`` (PEFT upcasts adapter weights)."""
+        """An adapter tensor as float32 on ``device`` (PEFT upcasts adapter weights), checked
+        to hold only finite values."""
         import torch
 
         if self.adapter.tensors.infos:
@@ -105,7 +114,35 @@ class _TensorReader:
             tensor = self.whole(source)
         else:
             tensor = self.adapter.tensors.loaded[name]
-        return tensor.to(device=device, dtype=torch.float32)
+        return finite(
+            tensor.to(device=device, dtype=torch.float32), self.adapter_what(name), _TRAINING_HINT
+        )
+
+    def adapter_what(self, name: str) -> str:
+        return f"the adapter's tensor {name} ({self.adapter.tensors.path})"
+
+
+_TRAINING_HINT = (
+    "the adapter holds values no model can use (a training run that diverged, or a damaged "
+    "file): train again or take an earlier checkpoint"
+)
+_MERGED_HINT = (
+    "the LoRA update overflows the output dtype or divides by zero (DoRA): check lora_alpha "
+    "and r in adapter_config.json; --dtype bf16 or f32 has a wider range than f16"
+)
+
+
+def finite(tensor: torch.Tensor, what: str, hint: str) -> torch.Tensor:
+    """``tensor`` itself, once checked to hold no NaN or infinity (raises
+    :class:`InvalidInputError` naming ``what`` otherwise)."""
+    import torch
+
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise InvalidInputError(
+            f"{what} holds {bad} NaN or infinite value(s); nothing was written", hint
+        )
+    return tensor
 
 
 class _Writer(threading.Thread):
@@ -189,16 +226,22 @@ def _write_tensor(
 ) -> None:
     source, out = planned.source, planned.out
     writer.put("begin", out.name)
-    if not planned.updates and not planned.bias_updates and source.dtype == out.dtype:
+    unchanged = not planned.updates and not planned.bias_updates
+    if unchanged and source.origin == "adapter" and source.dtype in FLOAT_DTYPES:
+        _write_adapter_tensor(planned, reader, writer, block_bytes)
+        return
+    if unchanged and source.dtype == out.dtype:
         if source.info is not None:
             writer.put("copy", (reader.files.fd(source.info.path), source.info.offset, out.nbytes))
         else:
             writer.put("tensor", reader.whole(source).contiguous())
         return
     out_dtype = torch_dtype(out.dtype)
+    merged = f"the merged tensor {out.name}"
     if planned.bias_updates:
         ops = _ops(planned.bias_updates, reader, device)
-        writer.put("tensor", merge_bias(reader.whole(source), ops, out_dtype).contiguous())
+        bias = merge_bias(reader.whole(source), ops, out_dtype).contiguous()
+        writer.put("tensor", finite(bias, merged, _MERGED_HINT))
         return
     if not source.shape:
         writer.put("tensor", reader.whole(source).to(out_dtype).contiguous())
@@ -208,17 +251,14 @@ def _write_tensor(
             writer.put("tensor", reader.rows(source, start, stop).to(out_dtype).contiguous())
         return
     ops = _ops(planned.updates, reader, device)
+
+    def emit(block: torch.Tensor) -> None:
+        writer.put("tensor", finite(block, merged, _MERGED_HINT))
+
     needs_whole = any(op.magnitude is not None and op.fan_in_fan_out for op in ops)
     if needs_whole:
         weight = reader.whole(source)
-        merge_blocks(
-            weight,
-            ops,
-            out_dtype,
-            block_rows=weight.shape[0],
-            device=device,
-            emit=lambda block: writer.put("tensor", block),
-        )
+        merge_blocks(weight, ops, out_dtype, block_rows=weight.shape[0], device=device, emit=emit)
         return
     for start, stop in row_blocks(source.shape[0], _block_rows(planned, block_bytes)):
         rows = reader.rows(source, start, stop)
@@ -228,8 +268,24 @@ def _write_tensor(
             out_dtype,
             block_rows=stop - start,
             device=device,
-            emit=lambda block: writer.put("tensor", block),
+            emit=emit,
         )
+
+
+def _write_adapter_tensor(
+    planned: PlannedTensor, reader: _TensorReader, writer: _Writer, block_bytes: int
+) -> None:
+    """A tensor the adapter replaces whole (modules_to_save, resized embeddings): its values
+    are the adapter's, so they are read and checked block by block instead of copied."""
+    source, out = planned.source, planned.out
+    out_dtype = torch_dtype(out.dtype)
+    what = reader.adapter_what(source.name)
+    if not source.shape:
+        writer.put("tensor", finite(reader.whole(source), what, _TRAINING_HINT).to(out_dtype))
+        return
+    for start, stop in row_blocks(source.shape[0], _block_rows(planned, block_bytes)):
+        rows = finite(reader.rows(source, start, stop), what, _TRAINING_HINT)
+        writer.put("tensor", rows.to(out_dtype).contiguous())
 
 
 def _shifted(op: LoraOp, start: int) -> LoraOp:

@@ -16,6 +16,7 @@ from typing import Any
 
 from persona_export.errors import InvalidInputError
 from persona_export.merge.adapter import Adapter, LoraModule
+from persona_export.merge.adapter_config import ALL_LINEAR, targets_without_weights
 from persona_export.merge.checkpoint import Checkpoint
 from persona_export.merge.safetensors_io import FLOAT_DTYPES, OutputTensor, TensorInfo
 
@@ -267,6 +268,8 @@ def make_plan(
                 )
             drafts[bias_name].bias_updates.append(update)
 
+    warnings += _missing_targets(adapter, base, targets, tied)
+
     # 4. vocabulary: rows of the (possibly replaced) embeddings
     vocab_rows: int | None = None
     if embed_name is not None:
@@ -294,6 +297,38 @@ def make_plan(
             )
         )
     return MergePlan(tuple(planned), config_updates, tuple(warnings), vocab_rows)
+
+
+def _missing_targets(
+    adapter: Adapter, base: Mapping[str, TensorInfo], targets: Mapping[str, str], tied: bool
+) -> list[str]:
+    """A warning when target_modules selects weights the adapter has no LoRA for (PEFT
+    warns about "missing adapter keys" and leaves them unchanged too)."""
+    if str(adapter.config.get("target_modules")).lower() == ALL_LINEAR:
+        return []  # every linear layer: which ones have no LoRA is not a sign of a mistake
+    # The base's module names as PEFT sees them (a checkpoint saved from the bare model
+    # lacks the leading prefix the adapter's names have; see _resolve).
+    prefix = ""
+    for module, target in targets.items():
+        if "." in module and target == f"{module}.weight".split(".", 1)[1]:
+            prefix = module.split(".", 1)[0] + "."
+            break
+    names = [
+        prefix + name[: -len(".weight")]
+        for name, info in base.items()
+        if name.endswith(".weight") and len(info.shape) == 2
+    ]
+    if tied and not any(_is_output_embedding(f"{n}.weight") for n in names):
+        names.append("lm_head")  # the tied output layer is a module of its own in PEFT's model
+    missing = targets_without_weights(adapter.config, names, adapter.modules)
+    if not missing:
+        return []
+    shown = ", ".join(missing[:2]) + (f" and {len(missing) - 2} more" if missing[2:] else "")
+    return [
+        f"target_modules {adapter.config.get('target_modules')!r} selects {shown}, which the "
+        "adapter has no LoRA weights for: they are merged unchanged (PEFT warns about missing "
+        "adapter keys and leaves them unchanged as well)"
+    ]
 
 
 def describe(plan: MergePlan) -> str:

@@ -169,7 +169,7 @@ def _same_base(named: str | None, base_model: str, base_dir: Path) -> bool:
     try:
         if Path(named).expanduser().resolve() == base_dir.resolve():
             return True
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL byte in the adapter's config
         pass
     return Path(named.rstrip("/")).name.lower() == Path(base_model.rstrip("/")).name.lower()
 
