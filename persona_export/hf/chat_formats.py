@@ -17,6 +17,13 @@ from typing import Any
 import tomllib
 
 from persona_export.errors import InvalidInputError, UnsupportedError
+from persona_export.hf import template_limits
+from persona_export.hf.template_limits import (
+    TemplateLimitError,
+    bounded_sandbox_class,
+    size_problem,
+    time_limit,
+)
 from persona_export.resources import templates_dir
 
 SYSTEM_TEXT = "SYSTEM_TEXT"
@@ -105,20 +112,27 @@ def render_chat_template(
     *,
     special_tokens: Mapping[str, str],
     add_generation_prompt: bool = True,
+    seconds: float | None = None,
 ) -> str:
     """Render a Hugging Face chat template as transformers does: a sandboxed Jinja2
     environment with trim_blocks/lstrip_blocks, ``raise_exception``, ``strftime_now``,
-    ``tojson`` and the tokenizer's special tokens as variables.
+    ``tojson`` and the tokenizer's special tokens as variables; within the bounds of
+    :mod:`persona_export.hf.template_limits` (size, ``seconds`` or its ``RENDER_SECONDS``,
+    memory).
 
     Raises :class:`TemplateRefusedError` when the template refuses the conversation
-    (``raise_exception``), ``jinja2.TemplateSyntaxError`` when it is not valid Jinja.
+    (``raise_exception``), ``jinja2.TemplateSyntaxError`` when it is not valid Jinja,
+    :class:`TemplateLimitError` when it is too large or goes beyond a bound.
     """
     import json
     from datetime import datetime
 
     import jinja2
     from jinja2.ext import Extension
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    problem = size_problem(len(chat_template.encode("utf-8", errors="replace")))
+    if problem:
+        raise TemplateLimitError(f"the template {problem}")
 
     class GenerationTag(Extension):
         # transformers' {% generation %} marks assistant text; it renders its body unchanged.
@@ -147,7 +161,7 @@ def render_chat_template(
             sort_keys=sort_keys,
         )
 
-    env = ImmutableSandboxedEnvironment(
+    env = bounded_sandbox_class()(
         trim_blocks=True,
         lstrip_blocks=True,
         extensions=[GenerationTag, "jinja2.ext.loopcontrols"],
@@ -155,14 +169,16 @@ def render_chat_template(
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    compiled = env.from_string(chat_template)
-    return compiled.render(
-        messages=[dict(m) for m in messages],
-        tools=None,
-        documents=None,
-        add_generation_prompt=add_generation_prompt,
-        **special_tokens,
-    )
+    with time_limit(seconds or template_limits.RENDER_SECONDS, "the chat template"):
+        compiled = env.from_string(chat_template)
+        text: str = compiled.render(
+            messages=[dict(m) for m in messages],
+            tools=None,
+            documents=None,
+            add_generation_prompt=add_generation_prompt,
+            **special_tokens,
+        )
+    return text
 
 
 @dataclass(frozen=True)
@@ -233,6 +249,8 @@ def detect_format(
         raise InvalidInputError(
             f"{source} is not a valid Jinja template: {exc}", TEMPLATE_HINT
         ) from exc
+    except TemplateLimitError as exc:
+        raise InvalidInputError(f"{source}: {exc}", TEMPLATE_HINT) from exc
     except Exception as exc:  # a sandbox violation, a missing variable, ...
         raise UnsupportedError(
             f"{source} could not be rendered: {type(exc).__name__}: {exc}", TEMPLATE_HINT

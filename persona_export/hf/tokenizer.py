@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from persona_export.errors import InputNotFoundError, InvalidInputError
+from persona_export.hf.template_limits import read_template_file
 from persona_export.llamacpp.gguf_file import ArrayInfo, read_gguf_metadata
 
 _SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
@@ -71,7 +72,8 @@ def _dedupe(items: Iterable[str]) -> tuple[str, ...]:
 def _hf_chat_template(folder: Path, config: dict[str, Any]) -> tuple[str | None, str]:
     jinja_file = folder / "chat_template.jinja"
     if jinja_file.is_file():
-        return jinja_file.read_text(encoding="utf-8"), str(jinja_file)
+        hint = "restore the base model's chat_template.jinja in that folder"
+        return read_template_file(jinja_file, "the chat template", hint), str(jinja_file)
     source = str(folder / "tokenizer_config.json")
     value = config.get("chat_template")
     if isinstance(value, list):  # several named templates: the default one is the chat template

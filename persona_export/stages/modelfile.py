@@ -34,7 +34,8 @@ from persona_export.artifacts import (
     sha256_bytes,
 )
 from persona_export.errors import InputNotFoundError, UsageError
-from persona_export.hf.chat_formats import load_formats
+from persona_export.hf.chat_formats import TEMPLATE_HINT, load_formats
+from persona_export.hf.template_limits import size_problem
 from persona_export.layout import DEFAULT_QUANT
 from persona_export.ollama.modelfile import Header, Modelfile
 from persona_export.ollama.modelfile_syntax import ModelfileSyntaxError, quote, unwritable_char
@@ -60,6 +61,13 @@ class ModelfileConfig(StageConfig):
     template: str | None = None
     stops: tuple[str, ...] = ()
     personas_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.template is not None and Path(self.template).is_file():
+            problem = size_problem(Path(self.template).stat().st_size)
+            if problem:  # refused before it is read (a 200 MB file took 2.6 GB)
+                raise UsageError(f"--template {self.template} {problem}", TEMPLATE_HINT)
 
 
 @dataclass(frozen=True)
