@@ -188,15 +188,19 @@ class Modelfile:
         )
 
     @classmethod
-    def read(cls, path: Path) -> Modelfile:
-        """:meth:`parse` the file at ``path``; errors name the file."""
-        if not path.is_file():
+    def read(cls, path: Path, data: bytes | None = None) -> Modelfile:
+        """:meth:`parse` the file at ``path`` (or ``data``, its bytes as the caller already
+        read them, so that what is parsed is what the caller checked); errors name the
+        file."""
+        try:
+            if data is None:
+                data = path.read_bytes()
+            text = data.decode("utf-8")
+        except FileNotFoundError as exc:
             raise InputNotFoundError(
                 f"no Modelfile at {path}",
                 "write it first: persona-export modelfile --persona NAME",
-            )
-        try:
-            text = path.read_text(encoding="utf-8")
+            ) from exc
         except (OSError, UnicodeDecodeError) as exc:
             raise InvalidInputError(f"cannot read {path}: {exc}", REGENERATE_HINT) from exc
         try:
