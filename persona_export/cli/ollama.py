@@ -62,8 +62,10 @@ def ollama(
     """Register gguf_models/<persona>/Modelfile with Ollama as a model.
 
     Uses the `ollama` CLI when it is on PATH (`ollama create NAME -f Modelfile`), else the
-    REST API at $OLLAMA_HOST (blob upload, then create). With neither, prints the command to
-    run later and exits 0 (1 with --require). Prints the model name.
+    REST API at $OLLAMA_HOST, else at Ollama's default address http://127.0.0.1:11434 when a
+    server answers there (blob upload, then create; a silent server is given up after
+    $PERSONA_EXPORT_OLLAMA_TIMEOUT seconds, default 600). With none of these, prints the
+    command to run later and exits 0 (1 with --require). Prints the model name.
 
     Registers only the Modelfile the modelfile stage wrote (its manifest's content hashes),
     FROM the persona's own GGUF, after a passing verify of exactly those files (--no-verify,
@@ -89,6 +91,6 @@ def ollama(
         console.info("to register the model later, run:")
         console.out(shlex.join(result.command))
         return
-    how = "the ollama CLI" if result.method == "cli" else "the Ollama REST API"
+    how = "the ollama CLI" if result.method == "cli" else f"the Ollama REST API at {result.address}"
     console.info(f"registered {result.model_name} with {how}; try: ollama run {result.model_name}")
     console.out(result.model_name)

@@ -74,7 +74,8 @@ class OllamaConfig(StageConfig):
 @dataclass(frozen=True)
 class OllamaResult(StageResult):
     """How the model was registered: ``method`` is ``cli``, ``api`` or ``none`` (nothing
-    there to register with; ``command`` is what to run later)."""
+    there to register with; ``command`` is what to run later). For ``api``: ``host`` is the
+    server's URL and ``address`` names it as the user gave it (or as Ollama's default)."""
 
     _: KW_ONLY
     model_name: str = ""
@@ -83,6 +84,8 @@ class OllamaResult(StageResult):
     command: tuple[str, ...] = ()
     files: Mapping[str, str] = field(default_factory=dict)
     output: str = ""
+    host: str | None = None
+    address: str = ""
 
 
 class NotVerifiedError(VerificationError):
@@ -237,9 +240,8 @@ def run(config: OllamaConfig) -> OllamaResult:
     data = path.read_bytes()
     modelfile = Modelfile.read(path, data)
     later = ("ollama", "create", name, "-f", str(path))
-    exe = registry.find_cli(config.ollama_exe)
-    host = "" if exe else registry.configured_host(config.host)
-    if not exe and not host:
+    where = registry.locate(config.ollama_exe, config.host)
+    if where.method == "none":
         if config.require:
             raise ToolMissingError(
                 "Ollama is not available: no `ollama` on PATH and OLLAMA_HOST is not set",
@@ -258,29 +260,34 @@ def run(config: OllamaConfig) -> OllamaResult:
             seconds=time.monotonic() - started,
         )
 
+    timeout = registry.timeout_seconds() if where.method == "api" else 0.0
     gguf = _own_gguf(config.layout, persona, path, modelfile)
-    _sha256, warnings = _check_trust(config, path, data, gguf)
+    sha256, warnings = _check_trust(config, path, data, gguf)
     files: dict[str, str] = {}
-    if exe:
-        method, command = "cli", (exe, *later[1:])
-        output = registry.create_with_cli(exe, name, path)
+    if where.exe:
+        command = (where.exe, *later[1:])
+        output = registry.create_with_cli(where.exe, name, path)
     else:
-        method, command = "api", later
-        created = registry.create_with_api(host, name, modelfile, gguf)
+        command = later
+        created = registry.create_with_api(
+            where, name, modelfile, gguf, sha256 or sha256_file(gguf), timeout
+        )
         files, output = created.files, created.status
     return OllamaResult(
         STAGE,
         persona,
         Status.DONE,
         model_name=name,
-        method=method,
+        method=where.method,
         modelfile=path,
         command=command,
         files=files,
         output=output,
+        host=where.host or None,
+        address=where.label,
         warnings=warnings,
-        detail=f"registered as {name} ({method}){_unchecked(config)}",
-        figures={"model_name": name, "method": method},
+        detail=f"registered as {name} ({where.method}){_unchecked(config)}",
+        figures={"model_name": name, "method": where.method, "host": where.host or None},
         seconds=time.monotonic() - started,
     )
 
