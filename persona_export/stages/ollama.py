@@ -3,10 +3,11 @@
 Three ways, tried in order (the mechanics are in :mod:`persona_export.ollama.registry`):
 
 1. the ``ollama`` CLI on PATH: ``ollama create NAME -f gguf_models/<persona>/Modelfile``;
-2. the REST API at ``OLLAMA_HOST``: the GGUF uploaded as a blob by its sha256, then
-   ``/api/create`` with the Modelfile read exactly as Ollama's own parser reads it;
-3. neither: the result says so and gives the exact command to run later (an error only with
-   ``require``).
+2. the REST API at ``OLLAMA_HOST``, else at Ollama's default address when a server answers
+   there: the GGUF uploaded as a blob by its sha256, then ``/api/create`` with the Modelfile
+   read exactly as Ollama's own parser reads it;
+3. none: the result (status ``not run``) says so and gives the exact command to run later
+   (an error only with ``require``).
 
 Only what persona-export wrote and verify passed is registered (checked before anything is
 handed to Ollama, by content hashes, not size and time):
