@@ -22,7 +22,7 @@ REQUIRED_PACKAGES = (
     "huggingface_hub",
     "numpy",
 )
-OPTIONAL_PACKAGES = ("ollama",)
+OPTIONAL_PACKAGES: tuple[str, ...] = ()
 MIN_FREE_DISK_GB = 20.0
 MIN_RAM_GB = 4.0
 
