@@ -10,6 +10,7 @@ gguf_models/<persona>/verify.json              verify report
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,29 @@ class Layout:
 
     def verify_report(self, persona: str) -> Path:
         return self.gguf_dir(persona) / "verify.json"
+
+    def check_apart(self, persona: str) -> None:
+        """Raise :class:`UsageError` when ``persona``'s merged model folder and GGUF folder
+        are the same or one sits inside the other: the gguf stage would write into the merge's
+        output, which the merge then no longer recognises as its own (``--gguf-dir`` equal to
+        ``--output-dir-base`` never converged). Checked when a stage's options are, before
+        anything is written. (Outputs against the base and adapter folders are checked by
+        each stage's Artifact.)"""
+        merged, gguf = self.merged(persona), self.gguf_dir(persona)
+        a, b = Path(os.path.realpath(merged)), Path(os.path.realpath(gguf))
+        if a == b:
+            problem = f"give {persona} the same folder, {merged}"
+        elif b.is_relative_to(a):
+            problem = f"put {persona}'s GGUF folder {gguf} inside its merged model {merged}"
+        elif a.is_relative_to(b):
+            problem = f"put {persona}'s merged model {merged} inside its GGUF folder {gguf}"
+        else:
+            return
+        raise UsageError(
+            f"--output-dir-base and --gguf-dir {problem}; each would write into the other, so "
+            "nothing was written",
+            "keep them apart, e.g. --output-dir-base merged_models --gguf-dir gguf_models",
+        )
 
     def lock_file(self, persona: str) -> Path:
         """The lock every stage writing ``persona`` holds (artifacts/lock.py)."""

@@ -166,9 +166,10 @@ def is_valid_model_name(name: str) -> bool:
     if ":" in tag or name.endswith(":"):
         return False
     namespace, _, model_part = model.rpartition("/")
-    if namespace and not _NAMESPACE.match(namespace):
+    # fullmatch: with match, "$" also matches before a final newline ("cap\n" passed)
+    if namespace and not _NAMESPACE.fullmatch(namespace):
         return False
-    return bool(_NAME_PART.match(model_part)) and (not tag or bool(_TAG.match(tag)))
+    return bool(_NAME_PART.fullmatch(model_part)) and (not tag or bool(_TAG.fullmatch(tag)))
 
 
 def default_model_name(persona: str) -> str:

@@ -35,7 +35,8 @@ class Status(str, enum.Enum):
 @dataclass(frozen=True)
 class StageConfig:
     """What every stage is told: which persona, where its files live, and whether to redo
-    work that is up to date. The persona name is checked when the config is built."""
+    work that is up to date. The persona name, and that the persona's folders are apart,
+    are checked when the config is built."""
 
     persona: str
     _: KW_ONLY
@@ -44,6 +45,7 @@ class StageConfig:
 
     def __post_init__(self) -> None:
         check_persona(self.persona)
+        self.layout.check_apart(self.persona)
 
 
 @dataclass(frozen=True)
