@@ -14,6 +14,7 @@ table of Ollama parameters (temperature, top_p, num_ctx, ...), all optional.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,10 @@ def _read_table(path: Path) -> dict[str, Any]:
         raise InputNotFoundError(f"cannot read personas file {path}: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path} is not valid TOML: {exc}", "fix the file's syntax") from exc
+    except RecursionError as exc:
+        raise UsageError(
+            f"{path} is not valid TOML: it is nested too deeply", "fix the file's syntax"
+        ) from exc
     unknown = set(data) - {"personas"}
     if unknown:
         raise UsageError(
@@ -82,7 +87,24 @@ def _read_table(path: Path) -> dict[str, Any]:
 def _single_line(value: Any, key: str, where: str) -> str:
     if not isinstance(value, str) or not value.strip() or "\n" in value or "\r" in value:
         raise UsageError(f"{where}: {key!r} must be a non-empty single-line string")
+    control = next((c for c in value if _is_control(c)), None)
+    if control is not None:
+        raise UsageError(
+            f"{where}: {key!r} holds the control character {control!r}",
+            "names are shown in the Modelfile and by Ollama: use printable characters",
+        )
     return value
+
+
+def _is_control(char: str) -> bool:
+    """C0/C1 controls, line and paragraph separators, and the bidirectional overrides that
+    make a name display as something else (emoji joiners and the like stay allowed)."""
+    return unicodedata.category(char) in ("Cc", "Zl", "Zp") or char in _BIDI_CONTROLS
+
+
+_BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
 
 
 def _parse_persona(name: str, table: Any, path: Path) -> Persona:
