@@ -11,10 +11,13 @@
 
 from persona_export.artifacts.artifact import Artifact, Writing
 from persona_export.artifacts.atomic import (
+    LEGACY_TOKFIX,
+    LEGACY_VERIFY,
     atomic_dir,
     atomic_file,
     free_space,
     pid_alive,
+    remove_legacy_scratch,
     remove_stale_temporaries,
     require_free_space,
     work_dir,
@@ -41,6 +44,8 @@ from persona_export.artifacts.manifest import (
 
 __all__ = [
     "DIR_MANIFEST",
+    "LEGACY_TOKFIX",
+    "LEGACY_VERIFY",
     "MANIFEST_SUFFIX",
     "Artifact",
     "FileRecord",
@@ -58,6 +63,7 @@ __all__ = [
     "read_json",
     "record_file",
     "record_tree",
+    "remove_legacy_scratch",
     "remove_stale_temporaries",
     "require_free_space",
     "sha256_bytes",

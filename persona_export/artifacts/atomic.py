@@ -62,6 +62,38 @@ def remove_stale_temporaries(folder: Path, name: str) -> list[Path]:
     return removed
 
 
+#: Scratch folders older versions made with ``tempfile.mkdtemp`` beside a persona's outputs
+#: (their names carry no pid, or not always): verify's ``.verify-<persona>-XXXXXXXX`` and the
+#: gguf stage's tokenizer shadow folders ``.tokfix-[<pid>-]XXXXXXXX``.
+LEGACY_VERIFY = r"\.verify-{persona}-[a-z0-9_]{{8}}"
+LEGACY_TOKFIX = r"\.tokfix-(?:(?P<pid>\d+)-)?[a-z0-9_]{8}"
+
+
+def remove_legacy_scratch(folder: Path, pattern: str, lock_file: Path) -> list[Path]:
+    """Remove the folders in ``folder`` whose names fully match ``pattern`` (a group named
+    ``pid``, when it matched, must name a process that is gone). Without a pid nothing tells
+    whether their writer still runs, so this is done only by a process holding the persona
+    lock ``lock_file`` (no other persona-export writes the persona meanwhile). Returns what
+    was removed."""
+    from persona_export.artifacts.lock import holds
+
+    if not holds(lock_file):
+        raise RuntimeError(f"remove_legacy_scratch needs the lock {lock_file}")
+    if not folder.is_dir():
+        return []
+    removed = []
+    for leftover in folder.iterdir():
+        m = re.fullmatch(pattern, leftover.name)
+        if m is None or leftover.is_symlink() or not leftover.is_dir():
+            continue
+        pid = m.groupdict().get("pid")
+        if pid is not None and int(pid) != os.getpid() and pid_alive(int(pid)):
+            continue
+        shutil.rmtree(leftover, ignore_errors=True)
+        removed.append(leftover)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``final``; on success it replaces ``final``.

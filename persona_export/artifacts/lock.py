@@ -37,6 +37,11 @@ def _holder(fd: int) -> str:
     )
 
 
+def holds(lock_file: Path) -> bool:
+    """Whether this process holds the lock at ``lock_file`` now."""
+    return os.path.realpath(lock_file) in _held
+
+
 @contextlib.contextmanager
 def persona_lock(
     lock_file: Path, *, on_wait: Callable[[str], None] | None = None

@@ -18,11 +18,14 @@ from pathlib import Path
 from persona_export import console
 from persona_export.artifacts import (
     DIR_MANIFEST,
+    LEGACY_TOKFIX,
     Artifact,
     FileRecord,
     known_records,
     list_files,
     persona_lock,
+    remove_legacy_scratch,
+    remove_stale_temporaries,
 )
 from persona_export.artifacts.hashing import TailHasher
 from persona_export.errors import UsageError
@@ -84,6 +87,8 @@ def run(config: GgufConfig) -> GgufResult:
     started = time.monotonic()
     persona, layout = config.persona, config.layout
     with persona_lock(layout.lock_file(persona), on_wait=console.info):
+        # older versions' tokenizer shadow folders (tempfile names; the lock makes them stale)
+        remove_legacy_scratch(layout.gguf_dir(persona), LEGACY_TOKFIX, layout.lock_file(persona))
         merged_dir = layout.merged(persona)
         source = inspect_merged(merged_dir, persona)
         outtype = config.outtype.lower()
@@ -105,6 +110,8 @@ def run(config: GgufConfig) -> GgufResult:
             # the merge recorded its outputs' hashes: they are this stage's inputs
             known=known_records(merged_dir / DIR_MANIFEST, "outputs", merged_dir),
         )
+        artifact.clean_temporaries()  # an interrupted run's, whether or not this one writes
+        remove_stale_temporaries(final.parent, final.name + ".log")
         if artifact.fresh(force=config.force):
             return _result_from_manifest(config, artifact, file_type, started)
         return _convert(config, artifact, source, outtype, started)

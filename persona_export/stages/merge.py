@@ -226,6 +226,7 @@ def run(config: MergeConfig, *, progress: Progress | None = None) -> MergeResult
     warnings: list[str] = []
     with persona_lock(config.layout.lock_file(config.persona), on_wait=console.info):
         prep = _prepare(config, warnings)
+        prep.artifact.clean_temporaries()  # an interrupted run's, whether or not this one writes
         if prep.artifact.fresh(force=config.force):
             return _result(config, prep, started, Status.UP_TO_DATE, warnings)
         plan, adapter = prep.plan, prep.adapter

@@ -121,6 +121,7 @@ def run(config: ModelfileConfig) -> ModelfileResult:
         for message in planned.warnings:
             console.warn(message)
         artifact = planned.artifact
+        artifact.clean_temporaries()  # an interrupted run's, whether or not this one writes
         up_to_date = artifact.fresh(force=config.force) and (
             artifact.path.read_bytes() == planned.payload
         )

@@ -23,6 +23,7 @@ from persona_export.artifacts import (
     manifest_path_for,
     persona_lock,
     record_file,
+    remove_stale_temporaries,
 )
 from persona_export.artifacts.hashing import BackgroundRecords
 from persona_export.errors import InputNotFoundError, InvalidInputError, UsageError
@@ -184,6 +185,8 @@ class _Job:
             protected=(config.layout.merged(config.persona),),
             known=self.source_hint,
         )
+        artifact.clean_temporaries()  # an interrupted run's, whether or not this one writes
+        remove_stale_temporaries(final.parent, final.name + ".log")
         if artifact.fresh(force=config.force):
             return _output_from_manifest(quant.name, artifact, started)
         if self.summary is None:

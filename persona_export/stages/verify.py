@@ -28,6 +28,7 @@ returns the result; the caller decides what a failure means.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,9 +38,11 @@ from typing import Any
 from persona_export import console
 from persona_export.artifacts import (
     DIR_MANIFEST,
+    LEGACY_VERIFY,
     Artifact,
     persona_lock,
     read_json,
+    remove_legacy_scratch,
     work_dir,
 )
 from persona_export.artifacts.hashing import BackgroundRecords
@@ -301,8 +304,13 @@ def run(config: VerifyConfig) -> VerifyResult:
     tool (Go) is reported as skipped.
     """
     started = time.monotonic()
-    with persona_lock(config.layout.lock_file(config.persona), on_wait=console.info):
+    layout, persona = config.layout, config.persona
+    with persona_lock(layout.lock_file(persona), on_wait=console.info):
+        # older versions' scratch folders (tempfile names; the lock makes them stale)
+        legacy = LEGACY_VERIFY.format(persona=re.escape(persona))
+        remove_legacy_scratch(layout.gguf_dir(persona), legacy, layout.lock_file(persona))
         plan = _plan(config)
+        plan.artifact.clean_temporaries()  # an interrupted run's, whether or not this one writes
         previous = plan.artifact.recorded() or {}
         if previous.get("passed") is True and plan.artifact.fresh(force=config.force):
             checks = _load_report(previous)
