@@ -152,9 +152,14 @@ def check_outcome(result: Any, seen: dict[str, Any], *, may_succeed: bool = True
     if result.exit_code == 0:
         assert may_succeed, f"accepted an input it must refuse: {output}"
         return
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    lines = result.stderr.splitlines()
+    if result.exit_code == 2 and lines and lines[0].startswith("Usage: "):
+        return  # the command line itself was refused by Click (its usage message, exit 2)
+    errors = [line for line in lines if line.startswith("error: ")]
     assert len(errors) == 1, result.stderr
     assert "internal error" not in errors[0], errors[0]
+    after = lines[lines.index(errors[0]) + 1 :]  # the message is one line, then its hint
+    assert all(line.startswith("hint: ") for line in after) and len(after) <= 1, result.stderr
     assert seen["manifests_after"] == seen["manifests_before"], (
         "a failed run left an output that looks complete: "
         f"{sorted(set(seen['manifests_after']) - set(seen['manifests_before']))}"
@@ -406,3 +411,39 @@ chat_templates = st.one_of(
     st.lists(st.sampled_from(_JINJA_PIECES) | st.text(max_size=6), max_size=10).map("".join),
     st.text(max_size=40),
 )
+
+
+@st.composite
+def json_edits(draw: Any, valid: dict[str, Any]) -> bytes:
+    """A JSON file of ours or a model's (tokenizer files, manifests): the valid object with
+    values replaced at any depth, keys removed, or something that is not that object."""
+    kind = draw(st.sampled_from(["edit", "edit", "edit", "whole", "bytes"]))
+    if kind == "bytes":
+        return bytes(draw(st.binary(max_size=64)))
+    if kind == "whole":
+        return json.dumps(draw(json_values), allow_nan=True).encode()
+    data = json.loads(json.dumps(valid))
+    for _ in range(draw(st.integers(1, 3))):
+        target = data
+        path = []
+        while isinstance(target, (dict, list)) and target and draw(st.booleans()):
+            key = draw(
+                st.sampled_from(sorted(target) if isinstance(target, dict) else range(len(target)))
+            )
+            path.append(key)
+            if not isinstance(target[key], (dict, list)):
+                break
+            target = target[key]
+        parent = data
+        for key in path[:-1]:
+            parent = parent[key]
+        if not path:
+            if isinstance(data, dict) and data:
+                key = draw(st.sampled_from(sorted(data)))
+                data[key] = draw(json_values)
+            continue
+        if isinstance(parent, dict) and draw(st.booleans()):
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = draw(json_values)
+    return json.dumps(data, allow_nan=True).encode()

@@ -182,3 +182,38 @@ def test_chat_template(inputs: Inputs, workspace: fk.Workspace, template: str) -
     with workspace.watch() as seen:
         result = _modelfile(workspace)
     fk.check_outcome(result, seen)
+
+
+TOKENIZER_FILES = (
+    "tokenizer_config.json",
+    "tokenizer.json",
+    "generation_config.json",
+    "special_tokens_map.json",
+)
+
+
+@fk.fuzz_settings()
+@given(data=fk.st.data())
+def test_tokenizer_files(inputs: Inputs, workspace: fk.Workspace, data: Any) -> None:
+    merged = _modelfile_project(workspace, inputs)
+    name = data.draw(fk.st.sampled_from(TOKENIZER_FILES))
+    valid = json.loads((inputs.tokenizer / name).read_text())
+    (merged / name).write_bytes(data.draw(fk.json_edits(valid)))
+    with workspace.watch() as seen:
+        result = _modelfile(workspace)
+    fk.check_outcome(result, seen)
+
+
+@fk.fuzz_settings()
+@given(data=fk.st.data())
+def test_tampered_manifests(inputs: Inputs, workspace: fk.Workspace, data: Any) -> None:
+    """A Modelfile's manifest edited into anything: refused, rewritten or up to date, never
+    a crash; a failed run leaves the manifest as it was."""
+    _modelfile_project(workspace, inputs)
+    assert _modelfile(workspace).exit_code == 0
+    manifest = workspace.project / "gguf_models" / PERSONA / "Modelfile.manifest.json"
+    valid = json.loads(manifest.read_text())
+    manifest.write_bytes(data.draw(fk.json_edits(valid)))
+    with workspace.watch() as seen:
+        result = _modelfile(workspace)
+    fk.check_outcome(result, seen)

@@ -37,7 +37,7 @@ from persona_export.artifacts.files import (
     write_json_atomic,
 )
 from persona_export.artifacts.hashing import BackgroundRecords
-from persona_export.artifacts.manifest import Manifest, manifest_path_for, matches
+from persona_export.artifacts.manifest import Manifest, manifest_path_for, matches, well_formed
 from persona_export.errors import OutputConflictError
 
 
@@ -77,8 +77,10 @@ class Artifact:
         return self.manifest == self.path
 
     def recorded(self) -> dict[str, Any] | None:
-        """The manifest as it is on disk (None: absent or unreadable)."""
-        return read_json(self.manifest)
+        """The manifest as it is on disk (None: absent, unreadable or not of a manifest's
+        shape; see :func:`~persona_export.artifacts.manifest.well_formed`)."""
+        data = read_json(self.manifest)
+        return data if well_formed(data) else None
 
     def current_outputs(self) -> dict[str, Path]:
         """The output files as they are now, under the names the manifest uses."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,10 +57,22 @@ def same_stat(known: Mapping[str, Any] | None, path: Path) -> bool:
     return known.get("size") == st.st_size and known.get("mtime_ns") == st.st_mtime_ns
 
 
+def same_record(known: Any, st: os.stat_result) -> bool:
+    """Whether ``known`` (a recorded FileRecord as JSON, or anything a manifest was edited
+    to hold) has a hash and the size and mtime of ``st``."""
+    return (
+        isinstance(known, Mapping)
+        and isinstance(known.get("sha256"), str)
+        and known.get("size") == st.st_size
+        and known.get("mtime_ns") == st.st_mtime_ns
+    )
+
+
 def record_file(path: Path, known: Mapping[str, Any] | None = None) -> FileRecord:
     """Fingerprint ``path``; reuse ``known``'s hash when size and mtime are unchanged."""
     st = path.stat()
-    if known and known.get("size") == st.st_size and known.get("mtime_ns") == st.st_mtime_ns:
+    if same_record(known, st):
+        assert known is not None
         return FileRecord(str(known["sha256"]), st.st_size, st.st_mtime_ns)
     return FileRecord(sha256_file(path), st.st_size, st.st_mtime_ns)
 
@@ -95,6 +108,6 @@ def read_json(path: Path) -> dict[str, Any] | None:
     """The JSON object at ``path``, or None when missing or unreadable."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from persona_export.artifacts.files import CHUNK as _CHUNK
-from persona_export.artifacts.files import FileRecord, sha256_file
+from persona_export.artifacts.files import FileRecord, same_record, sha256_file
 
 _HEAD = 32 * 1024 * 1024
 
@@ -48,7 +48,8 @@ class BackgroundRecords:
 
     def _record(self, path: Path, known: Mapping[str, Any] | None) -> FileRecord:
         st = path.stat()
-        if known and known.get("size") == st.st_size and known.get("mtime_ns") == st.st_mtime_ns:
+        if same_record(known, st):
+            assert known is not None
             return FileRecord(str(known["sha256"]), st.st_size, st.st_mtime_ns)
         digest = hashlib.sha256()
         with open(path, "rb") as fh:

@@ -52,6 +52,23 @@ def manifest_path_for(artifact: Path) -> Path:
     return artifact.with_name(artifact.name + MANIFEST_SUFFIX)
 
 
+def well_formed(data: Any) -> bool:
+    """Whether ``data`` has a manifest's shape: a stage name, options an object, inputs and
+    outputs objects of file records (objects with a sha256). A manifest edited into another
+    shape is not one of ours: it vouches for nothing."""
+    if not isinstance(data, dict) or not isinstance(data.get("stage"), str):
+        return False
+    if not isinstance(data.get("options", {}), dict):
+        return False
+    for section in ("inputs", "outputs"):
+        records = data.get(section, {})
+        if not isinstance(records, dict) or not all(
+            isinstance(r, dict) and isinstance(r.get("sha256"), str) for r in records.values()
+        ):
+            return False
+    return True
+
+
 def same_options(recorded: Any, options: Mapping[str, Any]) -> bool:
     """Whether recorded options equal ``options`` once both are JSON."""
     return bool(recorded == json.loads(json.dumps(dict(options))))
@@ -66,7 +83,7 @@ def matches(
 ) -> bool:
     """True when manifest ``data`` says the outputs were made from these inputs and options
     and nothing has changed since (inputs by content, outputs by size and mtime)."""
-    if data is None or not same_options(data.get("options"), options):
+    if data is None or not well_formed(data) or not same_options(data.get("options"), options):
         return False
     recorded_in = data.get("inputs", {})
     recorded_out = data.get("outputs", {})

@@ -69,7 +69,7 @@ def load_format(path: Path) -> ChatFormat:
     """Read and check one format file."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as exc:
         raise InvalidInputError(f"cannot read chat format {path}: {exc}") from exc
     detect = data.get("detect")
     if not isinstance(detect, dict):

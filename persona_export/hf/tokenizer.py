@@ -38,6 +38,8 @@ def _read_json(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise InvalidInputError(f"cannot read {path}: {exc}") from exc
+    except RecursionError as exc:
+        raise InvalidInputError(f"cannot read {path}: it is nested too deeply") from exc
     if not isinstance(data, dict):
         raise InvalidInputError(f"{path} is not a JSON object")
     return data
@@ -103,7 +105,12 @@ def from_hf_folder(folder: Path) -> TokenizerInfo:
             special_tokens[name] = text
 
     id_to_text: dict[int, str] = {}
-    for key, entry in (config.get("added_tokens_decoder") or {}).items():
+    decoder = config.get("added_tokens_decoder") or {}
+    if not isinstance(decoder, dict):
+        raise InvalidInputError(
+            f"{config_path}: 'added_tokens_decoder' is not an object", _RESAVE_HINT
+        )
+    for key, entry in decoder.items():
         if str(key).isdigit() and (text := _token_text(entry)) is not None:
             id_to_text[int(key)] = text
 
@@ -133,14 +140,35 @@ def _tokenizer_json_ids(path: Path, wanted: set[int]) -> dict[int, str]:
     data = _read_json(path)
     found: dict[int, str] = {}
     for entry in data.get("added_tokens") or []:
-        if isinstance(entry, dict) and entry.get("id") in wanted:
-            found[int(entry["id"])] = str(entry.get("content", ""))
-    vocab = (data.get("model") or {}).get("vocab")
+        if not isinstance(entry, dict):
+            continue
+        token_id = entry.get("id")
+        if not _is_id(token_id):
+            raise InvalidInputError(
+                f"{path}: an added token's id is not a number: {token_id!r}", _RESAVE_HINT
+            )
+        if token_id in wanted:
+            found[token_id] = str(entry.get("content", ""))
+    model = data.get("model") or {}
+    if not isinstance(model, dict):
+        raise InvalidInputError(f"{path}: 'model' is not an object", _RESAVE_HINT)
+    vocab = model.get("vocab")
     if isinstance(vocab, dict):
         for text, token_id in vocab.items():
+            if not _is_id(token_id):
+                raise InvalidInputError(
+                    f"{path}: the id of {text!r} is not a number: {token_id!r}", _RESAVE_HINT
+                )
             if token_id in wanted and token_id not in found:
-                found[int(token_id)] = text
+                found[token_id] = text
     return found
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_RESAVE_HINT = "the tokenizer files are damaged: copy them again from the base model"
 
 
 # --- GGUF metadata -------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def read_json_file(path: Path, what: str) -> dict[str, Any]:
     skips later checks."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InvalidInputError(
             f"{path} is not valid JSON ({exc.__class__.__name__})",
             f"restore {what} (copy it from the base model, or save it again)",

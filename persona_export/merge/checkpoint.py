@@ -42,7 +42,7 @@ def read_config_json(folder: Path) -> dict[str, Any]:
         )
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InvalidInputError(f"{path} is not valid JSON", "download the model again") from exc
     if not isinstance(config, dict):
         raise InvalidInputError(f"{path} is not a JSON object", "download the model again")
@@ -55,7 +55,8 @@ def _shard_files(folder: Path) -> tuple[list[Path], dict[str, str] | None]:
         try:
             index = json.loads(index_path.read_text(encoding="utf-8"))
             weight_map = {str(k): str(v) for k, v in index["weight_map"].items()}
-        except (OSError, UnicodeDecodeError, ValueError, KeyError, AttributeError) as exc:
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, AttributeError,
+                RecursionError) as exc:  # fmt: skip
             raise InvalidInputError(
                 f"{index_path} is not a valid safetensors index", "download the model again"
             ) from exc

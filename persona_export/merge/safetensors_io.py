@@ -90,6 +90,8 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
         header = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
         raise _corrupt(path, "its JSON header does not parse") from exc
+    except RecursionError as exc:
+        raise _corrupt(path, "its JSON header is nested too deeply") from exc
     if not isinstance(header, dict):
         raise _corrupt(path, "its header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
@@ -100,10 +102,15 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     for name, entry in header.items():
         try:
             dtype = str(entry["dtype"])
-            shape = tuple(int(d) for d in entry["shape"])
-            begin, end = (int(x) for x in entry["data_offsets"])
+            shape = tuple(entry["shape"])
+            begin, end = entry["data_offsets"]
         except (KeyError, TypeError, ValueError) as exc:
             raise _corrupt(path, f"entry {name!r} lacks dtype/shape/data_offsets") from exc
+        if not all(_whole(n) for n in (*shape, begin, end)):
+            # as the safetensors library: 1.5, "4" or Infinity are not taken for numbers
+            raise _corrupt(
+                path, f"entry {name!r} has a shape or data_offsets that are not whole numbers"
+            )
         if dtype not in DTYPE_SIZES:
             raise _corrupt(path, f"tensor {name!r} has unknown dtype {dtype!r}")
         if any(d < 0 for d in shape) or not 0 <= begin <= end:
@@ -119,6 +126,10 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
         if start < prev_end:
             raise _corrupt(path, f"tensors {prev!r} and {name!r} overlap")
     return infos, {str(k): str(v) for k, v in metadata.items()}
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def read_bytes_into(info: TensorInfo, buffer: memoryview, fd: int) -> None:

@@ -22,6 +22,7 @@ from persona_export.layout import DEFAULT_BASE_MODEL, DEFAULT_QUANT, Layout, che
 from persona_export.stages.base import StageResult, Status
 
 DEFAULT_MAX_TOKENS = 384  # verify's generation check (stages/verify.py says the same)
+OS_ERROR_HINT = "check the path, free disk space and permissions"  # the CLI's, for one command
 
 
 @dataclass(frozen=True)
@@ -255,7 +256,10 @@ def _export_one(config: ExportConfig, persona: str) -> PersonaExport:
         try:
             done[step.name] = step.run(step.make(config, persona, done))
         except Exception as exc:  # one persona's failure must not stop the others
-            if not isinstance(exc, PersonaExportError):
+            if isinstance(exc, OSError) and not isinstance(exc, PersonaExportError):
+                # a full disk or a permission, as the CLI says it for one command: not a bug
+                exc = PersonaExportError(str(exc), OS_ERROR_HINT)
+            elif not isinstance(exc, PersonaExportError):
                 if console.debug_enabled():
                     raise
                 exc = internal_error(exc)

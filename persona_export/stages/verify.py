@@ -52,7 +52,13 @@ from persona_export.llamacpp import vendor
 from persona_export.ollama.modelfile import Modelfile
 from persona_export.stages.base import StageConfig, StageResult, Status
 from persona_export.verify.checks import FAILED, PASSED, SKIPPED, Check, error_check
-from persona_export.verify.data import bounds_path, load_bounds, load_conversations, prompts_path
+from persona_export.verify.data import (
+    bounds_path,
+    check_bound_overrides,
+    load_bounds,
+    load_conversations,
+    prompts_path,
+)
 from persona_export.verify.engines import Engines, logit_checks, server_checks
 from persona_export.verify.memory import check_memory, merged_dtype
 
@@ -96,6 +102,14 @@ class VerifyConfig(StageConfig):
             raise UsageError(f"unknown dtype {self.hf_dtype!r}", "use float32, bfloat16 or float16")
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"--threads must be at least 1, not {self.threads}")
+        check_bound_overrides(
+            peft_nmse_max=self.peft_nmse_max,
+            nmse_max=self.nmse_max,
+            top1_min=self.top1_min,
+            kl_max=self.kl_max,
+        )
+        if self.prompts_file is not None:
+            load_conversations(self.prompts_file)  # read now: export checks it before merging
 
 
 @dataclass(frozen=True)

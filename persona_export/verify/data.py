@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,10 @@ def _read(path: Path, what: str) -> dict[str, Any]:
         raise InputNotFoundError(f"cannot read {what} file {path}: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path} is not valid TOML: {exc}", "fix the file's syntax") from exc
+    except RecursionError as exc:
+        raise UsageError(
+            f"{path} is not valid TOML: it is nested too deeply", "fix the file's syntax"
+        ) from exc
 
 
 def prompts_path(user_file: Path | None = None) -> Path:
@@ -95,6 +100,33 @@ def _number(table: Mapping[str, Any], key: str, where: str) -> float:
     return float(value)
 
 
+def check_bound_overrides(
+    *,
+    peft_nmse_max: float | None = None,
+    nmse_max: float | None = None,
+    top1_min: float | None = None,
+    kl_max: Mapping[str, float] | None = None,
+) -> None:
+    """Raise :class:`UsageError` for a bound given on the command line that is out of range
+    or not a finite number (NaN fails or passes every comparison, infinity checks nothing:
+    neither may stand in a report that says what was checked)."""
+    overrides = {"peft_nmse_max": peft_nmse_max, "nmse_max": nmse_max, "top1_min": top1_min}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if not math.isfinite(value) or value < 0 or (key == "top1_min" and value > 1):
+            raise UsageError(
+                f"--{key.replace('_', '-')} {value} is out of range",
+                "give a finite number" + (" between 0 and 1" if key == "top1_min" else " >= 0"),
+            )
+    for key, value in (kl_max or {}).items():
+        if not math.isfinite(value) or value < 0:
+            raise UsageError(
+                f"--kl-max {key}={value}: the bound must be a finite number >= 0",
+                "e.g. --kl-max Q4_K_M=0.2",
+            )
+
+
 def load_bounds(
     *,
     merged_dtype: str = "bfloat16",
@@ -128,12 +160,7 @@ def load_bounds(
     )
     overrides = {"peft_nmse_max": peft_nmse_max, "nmse_max": nmse_max, "top1_min": top1_min}
     values = {k: v for k, v in overrides.items() if v is not None}
-    for key, value in values.items():
-        if value < 0 or (key == "top1_min" and value > 1):
-            raise UsageError(f"--{key.replace('_', '-')} {value} is out of range")
-    for key, value in (kl_max or {}).items():
-        if value < 0:
-            raise UsageError(f"--kl-max {key}={value}: the bound must be >= 0")
+    check_bound_overrides(**overrides, kl_max=kl_max)
     if values:
         bounds = Bounds(**{**bounds.__dict__, **values})
     return bounds
@@ -148,7 +175,7 @@ def parse_kl_overrides(items: list[str]) -> dict[str, float]:
             number = float(value)
         except ValueError:
             number = -1.0
-        if not sep or not name.strip() or number < 0:
+        if not sep or not name.strip() or not math.isfinite(number) or number < 0:
             raise UsageError(
                 f"--kl-max {item!r} is not TYPE=VALUE",
                 "e.g. --kl-max Q4_K_M=0.2 --kl-max Q8_0=0.02",
