@@ -30,15 +30,31 @@ runner = CliRunner()
 
 
 def _replace_during(monkeypatch: pytest.MonkeyPatch, project: Project, what: str) -> list[str]:
-    """Once verify has computed every engine's logits, change ``what`` behind its back."""
+    """Once verify has computed every engine's logits (``modelfile-at-read``: once it has
+    parsed the Modelfile, before its checks start), change ``what`` behind its back."""
     import persona_export.stages.verify as verify_stage
+    from persona_export.ollama.modelfile import Modelfile
 
     layout = project.layout
     done: list[str] = []
     original = verify_stage.logit_checks
+    original_read = Modelfile.read
+
+    def read_then_change(path: Path, *more: Any) -> Any:
+        parsed = original_read(path, *more)
+        if path == layout.modelfile(PERSONA) and not done:
+            done.append("reading")  # the regeneration below reads it back: not again
+            change("modelfile")
+            done[-1] = what
+        return parsed
 
     def logits_then_change(*args: Any, **kwargs: Any) -> Any:
         checks = original(*args, **kwargs)
+        change(what)
+        done.append(what)
+        return checks
+
+    def change(what: str) -> None:
         if what == "modelfile":  # another writer regenerates it (a new file, a new manifest)
             from persona_export.stages.modelfile import ModelfileConfig
             from persona_export.stages.modelfile import run as write_modelfile
@@ -56,16 +72,17 @@ def _replace_during(monkeypatch: pytest.MonkeyPatch, project: Project, what: str
                 fh.seek(st.st_size - 7)
                 fh.write(bytes([byte[0] ^ 0x01]))
             os.utime(gguf, ns=(st.st_atime_ns, st.st_mtime_ns))
-        done.append(what)
-        return checks
 
-    monkeypatch.setattr(verify_stage, "logit_checks", logits_then_change)
+    if what == "modelfile-at-read":
+        monkeypatch.setattr(Modelfile, "read", classmethod(lambda cls, *a: read_then_change(*a)))
+    else:
+        monkeypatch.setattr(verify_stage, "logit_checks", logits_then_change)
     return done
 
 
 @pytest.mark.llama
 @pytest.mark.slow
-@pytest.mark.parametrize("what", ["modelfile", "gguf"])
+@pytest.mark.parametrize("what", ["modelfile", "gguf", "modelfile-at-read"])
 def test_an_input_changed_while_verify_runs_is_never_certified(
     tmp_path: Path, exported_project: Project, monkeypatch: pytest.MonkeyPatch, what: str
 ) -> None:
@@ -90,7 +107,7 @@ def test_an_input_changed_while_verify_runs_is_never_certified(
     assert result.status is Status.FAILED and not result.passed
     inputs = {c.name: c for c in result.checks}["inputs"]
     assert inputs.status == FAILED
-    name = "modelfile" if what == "modelfile" else "gguf/cap-Q4_K_M.gguf"
+    name = "gguf/cap-Q4_K_M.gguf" if what == "gguf" else "modelfile"
     assert inputs.summary.startswith(f"{name} changed while verify ran: nothing is certified")
     report = json.loads(layout.verify_report(PERSONA).read_text())
     assert report["passed"] is False
@@ -100,7 +117,7 @@ def test_an_input_changed_while_verify_runs_is_never_certified(
     # longer matches the manifest
     with pytest.raises(PersonaExportError) as refused:
         register_ollama(OllamaConfig(PERSONA, layout=layout))
-    if what == "modelfile":
+    if what != "gguf":
         assert str(refused.value).startswith(f"the last verify of {PERSONA} failed")
     else:
         assert "it is not registered" in str(refused.value)

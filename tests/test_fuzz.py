@@ -20,6 +20,7 @@ from hypothesis import given
 from typer.testing import CliRunner
 
 from persona_export.cli import app
+from tests import fuzz_strategies as fs
 from tests import fuzzkit as fk
 from tests import hf_chat_templates as hf
 from tests.modelfile_kit import PHI, layout_args, tokenizer_folder, write_stub_gguf
@@ -129,29 +130,29 @@ def test_the_unfuzzed_inputs_work(inputs: Inputs, workspace: fk.Workspace) -> No
 
 
 @fk.fuzz_settings()
-@given(data=fk.st.data())
+@given(data=fs.st.data())
 def test_adapter_config(inputs: Inputs, workspace: fk.Workspace, data: Any) -> None:
     adapter = _adapter_project(workspace, inputs)
     valid = json.loads((inputs.adapter / "adapter_config.json").read_text())
-    (adapter / "adapter_config.json").write_bytes(data.draw(fk.adapter_configs(valid)))
+    (adapter / "adapter_config.json").write_bytes(data.draw(fs.adapter_configs(valid)))
     with workspace.watch() as seen:
         result = _merge(workspace, inputs)
     fk.check_outcome(result, seen)
 
 
 @fk.fuzz_settings()
-@given(data=fk.st.data())
+@given(data=fs.st.data())
 def test_safetensors_header(inputs: Inputs, workspace: fk.Workspace, data: Any) -> None:
     adapter = _adapter_project(workspace, inputs)
     valid = (inputs.adapter / "adapter_model.safetensors").read_bytes()
-    (adapter / "adapter_model.safetensors").write_bytes(data.draw(fk.safetensors_files(valid)))
+    (adapter / "adapter_model.safetensors").write_bytes(data.draw(fs.safetensors_files(valid)))
     with workspace.watch() as seen:
         result = _merge(workspace, inputs)
     fk.check_outcome(result, seen)
 
 
 @fk.fuzz_settings()
-@given(name=fk.persona_names)
+@given(name=fs.persona_names)
 def test_persona_names(inputs: Inputs, workspace: fk.Workspace, name: str) -> None:
     _adapter_project(workspace, inputs)
     with workspace.watch() as seen:
@@ -164,18 +165,18 @@ def test_persona_names(inputs: Inputs, workspace: fk.Workspace, name: str) -> No
 
 
 @fk.fuzz_settings()
-@given(data=fk.st.data())
+@given(data=fs.st.data())
 def test_personas_toml(inputs: Inputs, workspace: fk.Workspace, data: Any) -> None:
     _modelfile_project(workspace, inputs)
     personas = workspace.project / "personas-in.toml"
-    personas.write_text(data.draw(fk.personas_tomls(PERSONA)), encoding="utf-8")
+    personas.write_text(data.draw(fs.personas_tomls(PERSONA)), encoding="utf-8")
     with workspace.watch() as seen:
         result = _modelfile(workspace, "--personas", str(personas))
     fk.check_outcome(result, seen)
 
 
 @fk.fuzz_settings()
-@given(template=fk.chat_templates)
+@given(template=fs.chat_templates)
 def test_chat_template(inputs: Inputs, workspace: fk.Workspace, template: str) -> None:
     merged = _modelfile_project(workspace, inputs)
     (merged / "chat_template.jinja").write_text(template, encoding="utf-8")
@@ -193,19 +194,19 @@ TOKENIZER_FILES = (
 
 
 @fk.fuzz_settings()
-@given(data=fk.st.data())
+@given(data=fs.st.data())
 def test_tokenizer_files(inputs: Inputs, workspace: fk.Workspace, data: Any) -> None:
     merged = _modelfile_project(workspace, inputs)
-    name = data.draw(fk.st.sampled_from(TOKENIZER_FILES))
+    name = data.draw(fs.st.sampled_from(TOKENIZER_FILES))
     valid = json.loads((inputs.tokenizer / name).read_text())
-    (merged / name).write_bytes(data.draw(fk.json_edits(valid)))
+    (merged / name).write_bytes(data.draw(fs.json_edits(valid)))
     with workspace.watch() as seen:
         result = _modelfile(workspace)
     fk.check_outcome(result, seen)
 
 
 @fk.fuzz_settings()
-@given(data=fk.st.data())
+@given(data=fs.st.data())
 def test_tampered_manifests(inputs: Inputs, workspace: fk.Workspace, data: Any) -> None:
     """A Modelfile's manifest edited into anything: refused, rewritten or up to date, never
     a crash; a failed run leaves the manifest as it was."""
@@ -213,7 +214,7 @@ def test_tampered_manifests(inputs: Inputs, workspace: fk.Workspace, data: Any) 
     assert _modelfile(workspace).exit_code == 0
     manifest = workspace.project / "gguf_models" / PERSONA / "Modelfile.manifest.json"
     valid = json.loads(manifest.read_text())
-    manifest.write_bytes(data.draw(fk.json_edits(valid)))
+    manifest.write_bytes(data.draw(fs.json_edits(valid)))
     with workspace.watch() as seen:
         result = _modelfile(workspace)
     fk.check_outcome(result, seen)

@@ -245,6 +245,7 @@ class _Plan:
     modelfile: Modelfile
     base_dir: Path
     artifact: Artifact
+    read_at: Mapping[str, tuple[int, int, int, int]]  # inputs read while planning, as they were
 
 
 def _plan(config: VerifyConfig) -> _Plan:
@@ -252,7 +253,12 @@ def _plan(config: VerifyConfig) -> _Plan:
 
     merged_dir, adapter_dir, source = _check_inputs(config)
     quants = _quant_paths(config)
-    modelfile = Modelfile.read(config.layout.modelfile(config.persona))
+    modelfile_path = config.layout.modelfile(config.persona)
+    try:  # its identity before it is read: a Modelfile replaced after this is not certified
+        read_at = {"modelfile": _stat_key(modelfile_path)}
+    except OSError:
+        read_at = {}  # Modelfile.read says what is wrong
+    modelfile = Modelfile.read(modelfile_path)
     modelfile.require_gguf()
     bounds = _bounds(config, merged_dir)
     base_model = _base_model(config, merged_dir)
@@ -288,7 +294,7 @@ def _plan(config: VerifyConfig) -> _Plan:
         },
         inputs=inputs,
     )
-    return _Plan(merged_dir, adapter_dir, source, quants, modelfile, base_dir, artifact)
+    return _Plan(merged_dir, adapter_dir, source, quants, modelfile, base_dir, artifact, read_at)
 
 
 def _bounds(config: VerifyConfig, merged_dir: Path) -> Any:
@@ -343,6 +349,7 @@ def _run_checks(config: VerifyConfig, plan: _Plan) -> tuple[Check, ...]:
     # What is certified is what was read: content hashes taken while the checks run (no
     # hash reused from a manifest), and every input confirmed unchanged afterwards.
     before = {name: _stat_key(path) for name, path in artifact.inputs.items()}
+    before.update(plan.read_at)  # the Modelfile was parsed while planning
     hashing = BackgroundRecords(artifact.inputs, {})
     bounds = _bounds(config, plan.merged_dir)
     try:
