@@ -252,3 +252,20 @@ def test_export_all_goes_on_past_an_adapter_that_gave_an_internal_error(tmp_path
     error = error_line(result)
     assert error.startswith("1 of 3 personas failed: broken (")
     assert "is not a valid safetensors file: entry " in error
+
+
+def test_export_reports_an_os_error_as_the_cli_does_not_as_a_bug(
+    tmp_path: Path, phi_small: Path, phi_adapter: Path
+) -> None:
+    """A persona whose output cannot be made (here: merged_models is a file) fails with the
+    system's own message and the CLI's hint for it, as the merge command alone says it; export
+    used to call it 'internal error: FileExistsError ... this is a bug'."""
+    from tests.mergekit import make_project
+
+    layout = make_project(tmp_path, phi_adapter)
+    layout.merged_base.write_text("not a folder")
+    args = ["export", "--persona", "cap", *layout_args(layout), "--no-verify"]
+    result = runner.invoke(app, [*args, "--base-model-id", str(phi_small)])
+    assert result.exit_code == 1
+    assert error_line(result) == f"[Errno 17] File exists: '{layout.merged_base}'"
+    assert "hint: check the path, free disk space and permissions" in result.stderr
