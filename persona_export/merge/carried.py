@@ -113,8 +113,12 @@ def carried_files(base_dir: Path, adapter_dir: Path) -> Carried:
         return Carried(files, "base", base_dir, note=note, read=read)
     if not has_tokenizer(base_dir):
         return _adapter_as_saved(files, base_dir, adapter_dir, read)
-    base_vocab = tf.vocabulary(base_dir)
-    same = base_vocab is not None and tf.vocabulary(adapter_dir) == base_vocab
+    base_vocab = adapter_vocab = None
+    same = tf.same_tokenizer_file(base_dir, adapter_dir)
+    if not same:
+        base_vocab = tf.read_vocabulary(base_dir)
+        adapter_vocab = tf.read_vocabulary(adapter_dir)
+        same = bool(base_vocab and adapter_vocab and adapter_vocab.tokens == base_vocab.tokens)
     base_template = tf.chat_template(base_dir)
     adapter_template = tf.chat_template(adapter_dir)
     template = base_template if adapter_template is None else adapter_template
@@ -134,7 +138,10 @@ def carried_files(base_dir: Path, adapter_dir: Path) -> Carried:
     files |= _tokenizer_set(adapter_dir, "adapter", TOKENIZER_FILES)
     files.pop("tokenizer_config.json", None)
     config = tf.portable_config(
-        base_config, tf.read_config(adapter_dir), adapter_dir, base_vocab or {}
+        base_config,
+        tf.read_config(adapter_dir),
+        adapter_vocab.added if adapter_vocab else (),
+        base_vocab.tokens if base_vocab else {},
     )
     _place_template(template, config, adapter_dir, files, generated, always=True)
     note = (

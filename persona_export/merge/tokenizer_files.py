@@ -83,41 +83,83 @@ def _sentencepiece_pieces(path: Path) -> dict[str, int]:
     return {processor.id_to_piece(i): i for i in range(processor.get_piece_size())}
 
 
-def vocabulary(folder: Path) -> dict[str, int] | None:
-    """The token text -> id map of ``folder``'s tokenizer, added tokens included (None: no
-    tokenizer file this can read). ``tokenizer.json`` first (BPE/WordPiece vocab dicts,
-    Unigram lists), else a SentencePiece ``tokenizer.model``, else ``vocab.json``; then
-    ``added_tokens.json`` and ``tokenizer_config.json``'s ``added_tokens_decoder``."""
-    vocab: dict[str, int] | None = None
+@dataclass(frozen=True)
+class AddedToken:
+    """One entry of tokenizer.json's ``added_tokens``."""
+
+    id: int
+    fields: Mapping[str, Any]
+
+    @property
+    def content(self) -> str:
+        return str(self.fields.get("content", ""))
+
+    @property
+    def special(self) -> bool:
+        return bool(self.fields.get("special"))
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """A tokenizer's token text -> id map (added tokens included) and tokenizer.json's
+    ``added_tokens`` entries in id order (none when read from other files)."""
+
+    tokens: Mapping[str, int]
+    added: tuple[AddedToken, ...] = ()
+
+
+def read_vocabulary(folder: Path) -> Vocabulary | None:
+    """``folder``'s tokenizer vocabulary (None: no tokenizer file this can read).
+    ``tokenizer.json`` first (BPE/WordPiece vocab dicts, Unigram lists), else a SentencePiece
+    ``tokenizer.model``, else ``vocab.json``; then ``added_tokens.json`` and
+    ``tokenizer_config.json``'s ``added_tokens_decoder``. Each file is parsed once."""
     tokenizer_json = folder / "tokenizer.json"
     if tokenizer_json.is_file():
         data = _read_json(tokenizer_json)
         model = data.get("model") if isinstance(data, dict) else None
         table = model.get("vocab") if isinstance(model, dict) else None
         if isinstance(table, dict):
-            vocab = {str(k): v for k, v in table.items() if isinstance(v, int)}
+            tokens = {str(k): v for k, v in table.items() if isinstance(v, int)}
         elif isinstance(table, list):  # Unigram: [[piece, score], ...], ids in order
-            vocab = {str(entry[0]): i for i, entry in enumerate(table) if entry}
+            tokens = {str(entry[0]): i for i, entry in enumerate(table) if entry}
         else:
             return None
-        for entry in data.get("added_tokens") or []:
-            if isinstance(entry, dict) and isinstance(entry.get("id"), int):
-                vocab[str(entry.get("content"))] = entry["id"]
-        return vocab
+        added = sorted(
+            (
+                AddedToken(e["id"], {k: e[k] for k in _ADDED_TOKEN_FIELDS if k in e})
+                for e in data.get("added_tokens") or []
+                if isinstance(e, dict) and isinstance(e.get("id"), int)
+            ),
+            key=lambda t: t.id,
+        )
+        tokens.update({t.content: t.id for t in added})
+        return Vocabulary(tokens, tuple(added))
     if (folder / "tokenizer.model").is_file():
-        vocab = _sentencepiece_pieces(folder / "tokenizer.model")
+        tokens = _sentencepiece_pieces(folder / "tokenizer.model")
     elif (folder / "vocab.json").is_file():
         table = _read_json(folder / "vocab.json")
-        vocab = {str(k): v for k, v in table.items() if isinstance(v, int)}
+        tokens = {str(k): v for k, v in table.items() if isinstance(v, int)}
     else:
         return None
     added_json = folder / "added_tokens.json"
     if added_json.is_file():
-        vocab.update({str(k): v for k, v in _read_json(added_json).items() if isinstance(v, int)})
+        tokens.update({str(k): v for k, v in _read_json(added_json).items() if isinstance(v, int)})
     for key, entry in (read_config(folder).get("added_tokens_decoder") or {}).items():
         if str(key).isdigit() and isinstance(entry, dict) and "content" in entry:
-            vocab[str(entry["content"])] = int(key)
-    return vocab
+            tokens[str(entry["content"])] = int(key)
+    return Vocabulary(tokens)
+
+
+def same_tokenizer_file(base_dir: Path, adapter_dir: Path) -> bool:
+    """Whether both folders' tokenizer.json are the same bytes but for trailing blanks (a
+    transformers 5 re-save of an unchanged tokenizer): the same vocabulary, known without
+    parsing two multi-MB JSON files."""
+    base, adapter = base_dir / "tokenizer.json", adapter_dir / "tokenizer.json"
+    if not (base.is_file() and adapter.is_file()):
+        return False
+    if abs(base.stat().st_size - adapter.stat().st_size) > 16:
+        return False
+    return base.read_bytes().rstrip() == adapter.read_bytes().rstrip()
 
 
 def chat_template(folder: Path) -> str | list[Any] | None:
@@ -137,33 +179,6 @@ def chat_template(folder: Path) -> str | list[Any] | None:
     return None
 
 
-@dataclass(frozen=True)
-class AddedToken:
-    """One entry of tokenizer.json's ``added_tokens``."""
-
-    id: int
-    fields: Mapping[str, Any]
-
-    @property
-    def content(self) -> str:
-        return str(self.fields.get("content", ""))
-
-    @property
-    def special(self) -> bool:
-        return bool(self.fields.get("special"))
-
-
-def added_tokens(tokenizer_json: Path) -> list[AddedToken]:
-    """The ``added_tokens`` of a tokenizer.json, in id order."""
-    data = _read_json(tokenizer_json)
-    tokens = [
-        AddedToken(entry["id"], {k: entry[k] for k in _ADDED_TOKEN_FIELDS if k in entry})
-        for entry in (data.get("added_tokens") or [] if isinstance(data, dict) else [])
-        if isinstance(entry, dict) and isinstance(entry.get("id"), int)
-    ]
-    return sorted(tokens, key=lambda t: t.id)
-
-
 def _text(value: Any) -> Any:
     """A special token's text, whether written as a string or as an AddedToken dict."""
     return value.get("content") if isinstance(value, dict) else value
@@ -172,24 +187,19 @@ def _text(value: Any) -> Any:
 def portable_config(
     base: Mapping[str, Any],
     adapter: Mapping[str, Any],
-    adapter_dir: Path,
-    base_vocab: Mapping[str, int],
+    adapter_added: tuple[AddedToken, ...],
+    base_tokens: Mapping[str, int],
 ) -> dict[str, Any]:
     """The base's tokenizer_config.json with the adapter's changes (module docstring): the
-    tokens the adapter's tokenizer.json adds to ``base_vocab``, its special tokens and
-    settings. ``tokenizer_class`` and every other key stay the base's; the chat template is
-    placed by the caller."""
+    adapter's added tokens that ``base_tokens`` lacks, its special tokens and settings.
+    ``tokenizer_class`` and every other key stay the base's; the chat template is placed by
+    the caller."""
     out = dict(base)
     for key in ADAPTER_KEYS:
         value = adapter.get(key)
         if value is not None and _text(value) != _text(base.get(key)):
             out[key] = value
-    tokenizer_json = adapter_dir / "tokenizer.json"
-    new = (
-        [t for t in added_tokens(tokenizer_json) if base_vocab.get(t.content) != t.id]
-        if tokenizer_json.is_file()
-        else []
-    )
+    new = [t for t in adapter_added if base_tokens.get(t.content) != t.id]
     if new and isinstance(base.get("added_tokens_decoder"), dict):
         decoder = dict(base["added_tokens_decoder"])
         for token in new:
