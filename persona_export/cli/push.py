@@ -87,6 +87,8 @@ def push(
 
     The GGUF repository gets the GGUFs, the Modelfile, the files Ollama reads from a Hub repository (template, system, params), the base's licence and the card, so `ollama run hf.co/OWNER/NAME:Q4_K_M` runs the persona. Never uploads manifests, logs or verify.json. Refuses an export that verify did not pass on these files (unless --force). The token is HF_TOKEN or the stored login (`hf auth login`). Prints the files with their sizes (--dry-run: and the card, then stops) and the repository's URL.
     """
+    from persona_export.demo.run import DEFAULT_WORK_DIR, demo_layout
+    from persona_export.errors import InputNotFoundError
     from persona_export.stages.push import PushConfig, run
 
     config = PushConfig(
@@ -113,7 +115,16 @@ def push(
                 console.out(f"--- README.md of {planned.repo} ---")
                 console.out(planned.card.rstrip("\n"))
 
-    result = run(config, show=show)
+    try:
+        result = run(config, show=show)
+    except InputNotFoundError as exc:
+        # after `make demo` the export is in demo_work/, not in the default folders
+        demo = demo_layout(DEFAULT_WORK_DIR)
+        here = config.layout.gguf_dir(persona).is_dir()
+        if work_dir is None and not here and demo.gguf_dir(persona).is_dir():
+            hint = f"the demo's export is in {DEFAULT_WORK_DIR}/: add --work-dir {DEFAULT_WORK_DIR}"
+            raise InputNotFoundError(exc.message, hint) from exc
+        raise
     if result.dry_run:
         console.info("dry run: nothing was uploaded")
         return

@@ -134,6 +134,8 @@ def upload(
         info = api.create_commit(
             repo, operations, commit_message=message, revision=revision, repo_type="model"
         )
+    # huggingface_hub answers an unchanged push with the head's CommitInfo and no public
+    # flag; the oids preupload reported (remote) against the files' own (local) tell it
     changed = any(op._remote_oid is None or op._remote_oid != op._local_oid for op in operations)
     return Pushed(str(url), str(info.commit_url) if changed else None)
 

@@ -135,6 +135,7 @@ def plan(layout: Layout, persona: str) -> CardPlan:
     certificate = certify(report, vouched)
     notes = [] if certificate.ok else [f"the card has no verify figures: {certificate.problems[0]}"]
     commits = {str(m.get("llama_cpp_commit")) for _, m in found if m.get("llama_cpp_commit")}
+    written = read_json(manifest_path_for(modelfile_path)) or {}  # the modelfile stage's
     facts = {
         **merged["card"],
         "kind": "gguf",
@@ -142,9 +143,8 @@ def plan(layout: Layout, persona: str) -> CardPlan:
         "llama_cpp_commit": ", ".join(sorted(commits)) or "unknown",
         "quants": quants,
         "default_quant": gguf.name[len(persona) + 1 : -len(".gguf")],
-        "model_name": (read_json(manifest_path_for(modelfile_path)) or {}).get("model_name")
-        or persona,
-        "format": (read_json(manifest_path_for(modelfile_path)) or {}).get("format") or "custom",
+        "model_name": written.get("model_name") or persona,
+        "format": written.get("format") or "custom",
         "stops": list(modelfile.stops),
         "parameters": dict(modelfile.parameters),
         "system": modelfile.system,  # what Ollama runs (the merge recorded the persona's)

@@ -69,9 +69,15 @@ class PushConfig(StageConfig):
         if self.what not in WHATS:
             raise UsageError(f"unknown --what {self.what!r}", f"use one of: {', '.join(WHATS)}")
         if self.what == "both" and not is_repo_id(self.repo + GGUF_REPO_SUFFIX):
-            raise UsageError(f"--repo {self.repo!r} is too long for its -gguf companion")
+            raise UsageError(
+                f"--repo {self.repo!r} is too long for its -gguf companion",
+                "choose a shorter name (the hub allows 96 characters)",
+            )
         if self.revision is not None and not _REVISION.fullmatch(self.revision):
-            raise UsageError(f"--revision {self.revision!r} is not a branch name")
+            raise UsageError(
+                f"--revision {self.revision!r} is not a branch name",
+                "give a branch of the repository, e.g. --revision main (created if missing)",
+            )
 
     def repos(self) -> dict[str, str]:
         """folder kind -> repository."""
@@ -192,6 +198,19 @@ def _shareable(name: str) -> bool:
     return name != CARD_NAME and not name.endswith(".log")
 
 
+def _require_export(config: PushConfig, repos: dict[str, str]) -> None:
+    """A missing folder is said before anything else, with how to make it."""
+    layout, persona = config.layout, config.persona
+    for kind in repos:
+        folder = layout.merged(persona) if kind == "merged" else layout.gguf_dir(persona)
+        if not folder.is_dir():
+            raise InputNotFoundError(
+                f"no {kind} export of {persona} at {folder}",
+                f"export it first: persona-export export --persona {persona} (or point "
+                "--merged-dir/--gguf-dir/--work-dir at its folders)",
+            )
+
+
 Show = Callable[[tuple[RepoPush, ...], tuple[str, ...]], None]
 
 
@@ -202,6 +221,7 @@ def run(config: PushConfig, *, show: Show | None = None) -> PushResult:
 
     started = time.monotonic()
     repos = config.repos()
+    _require_export(config, repos)
     with persona_lock(config.layout.lock_file(config.persona), on_wait=console.info):
         planned: list[RepoPush] = []
         problems: list[str] = []
