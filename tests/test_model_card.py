@@ -117,7 +117,7 @@ def test_base_id_is_a_hub_id_never_a_local_path(tmp_path: Path) -> None:
     )
     assert base_hub_id(str(local), local) == (
         "HuggingFaceTB/SmolLM2-135M-Instruct",
-        "a quantized copy of HuggingFaceTB/SmolLM2-135M-Instruct (as the base folder's card says)",
+        "through a local quantized copy of it, as that folder's card says",
     )
     (local / "README.md").write_text(
         "---\nbase_model: org/other\nbase_model_relation: finetune\n---\n"

@@ -77,17 +77,17 @@ def _front_matter(readme: Path) -> dict[str, Any]:
 def base_hub_id(base_model: str, base_dir: Path) -> tuple[str | None, str]:
     """The hub id to name as ``base_model`` and how it was found (module docstring)."""
     if not Path(base_model).expanduser().exists() and is_repo_id(base_model):
-        return base_model, f"the hub model {base_model}"
+        return base_model, "by its hub id"
     real = Path(os.path.realpath(base_dir))
     if real.parent.name == "snapshots" and real.parent.parent.name.startswith("models--"):
         parts = real.parent.parent.name.split("--")[1:]
         if len(parts) == 2 and is_repo_id("/".join(parts)):
-            return "/".join(parts), f"the hub model {'/'.join(parts)} (from the cache)"
+            return "/".join(parts), "from the Hugging Face cache"
     card = _front_matter(base_dir / CARD_NAME)
     named = card.get("base_model")
     quantized = card.get("base_model_relation") == "quantized"
     if quantized and isinstance(named, str) and is_repo_id(named):
-        return named, f"a quantized copy of {named} (as the base folder's card says)"
+        return named, "through a local quantized copy of it, as that folder's card says"
     return None, f"a local base model ({base_dir.name})"
 
 
