@@ -129,3 +129,26 @@ def exported_project(tmp_path_factory: pytest.TempPathFactory, steered_project):
         )
     except ToolMissingError as exc:
         pytest.skip(f"{exc.message} ({exc.hint})")
+
+
+# --------------------------------------------------------------------------------------
+# card / push (tests/test_card*.py, tests/test_push*.py; the stand-in hub in tests/hubkit.py)
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def verified_project(tmp_path_factory: pytest.TempPathFactory, exported_project):  # type: ignore[no-untyped-def]
+    """``exported_project`` copied, verified by the verify stage (it passes) and completed by
+    the card stage: what `persona-export export` leaves. Shared: copy it before changing
+    anything."""
+    from persona_export.stages.card import CardConfig
+    from persona_export.stages.card import run as run_card
+    from persona_export.stages.verify import VerifyConfig
+    from persona_export.stages.verify import run as run_verify
+    from tests.verifykit import PERSONA, copy_project
+
+    project = copy_project(exported_project, tmp_path_factory.mktemp("verified") / "p")
+    verified = run_verify(VerifyConfig(PERSONA, layout=project.layout, max_tokens=48))
+    assert verified.passed, [c.to_json() for c in verified.failed]
+    run_card(CardConfig(PERSONA, layout=project.layout))
+    return project

@@ -1048,30 +1048,45 @@ def make_gpt2(
     n_positions: int = 256,
     dtype: str = "float32",
     seed: int = 0,
+    vocab: Literal["small", "cl100k"] = "small",
 ) -> Path:
     """Write a tiny GPT2LMHeadModel folder (Conv1D layers, tied lm_head) into ``out_dir``.
 
-    Tokenizer: small byte-level BPE with GPT-2's regex (``GPT2Tokenizer``, vocab.json +
-    merges.txt + tokenizer.json), ``<|endoftext|>`` as bos/eos/unk, ChatML tokens
-    ``<|im_start|>``/``<|im_end|>`` and a ChatML chat template. llama.cpp cannot convert it
-    (unknown pre-tokenizer hash); it exists for fan_in_fan_out merges. Returns ``out_dir``.
+    Tokenizer (``vocab="small"``): small byte-level BPE with GPT-2's regex
+    (``GPT2Tokenizer``, vocab.json + merges.txt + tokenizer.json), ``<|endoftext|>`` as
+    bos/eos/unk, ChatML tokens ``<|im_start|>``/``<|im_end|>`` and a ChatML chat template.
+    llama.cpp cannot convert it (unknown pre-tokenizer hash); it exists for fan_in_fan_out
+    merges. ``vocab="cl100k"``: the same special tokens and template on cl100k_base
+    (``GPT2TokenizerFast``, tokenizer.json only), which llama.cpp's converter recognises
+    (pre-tokenizer ``dbrx``), so a GPT-2 model converts. Returns ``out_dir``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         tok_dir = Path(tmp)
-        small_bpe_tokenizer_files(
-            tok_dir,
-            added_tokens=[("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True)],
-            special={
-                "bos_token": "<|endoftext|>",
-                "eos_token": "<|endoftext|>",
-                "unk_token": "<|endoftext|>",
-            },
-            chat_template=CHATML_CHAT_TEMPLATE,
-            tokenizer_class="GPT2Tokenizer",
-            pattern=GPT2_PATTERN,
-        )
+        chatml = [("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True)]
+        special = {
+            "bos_token": "<|endoftext|>",
+            "eos_token": "<|endoftext|>",
+            "unk_token": "<|endoftext|>",
+        }
+        if vocab == "cl100k":
+            cl100k_tokenizer_files(
+                tok_dir,
+                added_tokens=chatml,
+                special=special,
+                chat_template=CHATML_CHAT_TEMPLATE,
+                tokenizer_class="GPT2TokenizerFast",
+            )
+        else:
+            small_bpe_tokenizer_files(
+                tok_dir,
+                added_tokens=chatml,
+                special=special,
+                chat_template=CHATML_CHAT_TEMPLATE,
+                tokenizer_class="GPT2Tokenizer",
+                pattern=GPT2_PATTERN,
+            )
         n, ids = _vocab_len(tok_dir)
         eot = ids["<|endoftext|>"]
         cfg = {
@@ -1141,6 +1156,7 @@ def make_adapter(
     added_tokens_special: bool = True,
     resize_to: int | None = None,
     save_tokenizer: bool = False,
+    resave_tokenizer: bool = False,
     dtype: str | None = None,
     seed: int = 0,
     base_model_name_or_path: str | None = None,
@@ -1162,7 +1178,10 @@ def make_adapter(
     stores the full resized ``embed_tokens``, and ``lm_head`` when untied), and the tokenizer
     is saved into ``out_dir`` through transformers (note: transformers 5 rewrites
     ``tokenizer_class`` to ``TokenizersBackend`` there). Without added tokens,
-    ``save_tokenizer=True`` copies the base tokenizer files byte for byte.
+    ``save_tokenizer=True`` copies the base tokenizer files byte for byte and
+    ``resave_tokenizer=True`` saves the base tokenizer through transformers, as a trainer on
+    transformers 5 does (the same vocabulary in a rewritten tokenizer_config.json, see
+    persona_export/merge/tokenizer_files.py).
     """
     import torch
     import transformers
@@ -1178,6 +1197,8 @@ def make_adapter(
     gen = torch.Generator().manual_seed(seed)
 
     tokenizer = None
+    if resave_tokenizer:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(base_dir)
     if added_tokens:
         tokenizer = transformers.AutoTokenizer.from_pretrained(base_dir)
         if added_tokens_special:

@@ -5,6 +5,7 @@ its source. Each test reproduces a failure seen before the fix."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -188,10 +189,20 @@ def test_copies_never_widen_permissions(project: Path, phi_small: Path) -> None:
     adapter = project / "trained_adapters" / "cap_final_adapter"
     for file in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copyfile(phi_small / file, adapter / file)
+    # a token renamed: not the base's vocabulary, so the adapter's tokenizer is carried
+    # (with the base's vocabulary the base's files would be, persona_export/merge/carried.py)
+    tokenizer = json.loads((adapter / "tokenizer.json").read_text())
+    vocab = tokenizer["model"]["vocab"]
+    first = next(iter(vocab))
+    vocab["renamed-by-the-trainer"] = vocab.pop(first)
+    (adapter / "tokenizer.json").write_text(json.dumps(tokenizer))
     os.chmod(adapter / "tokenizer.json", 0o600)
+    os.chmod(adapter / "tokenizer_config.json", 0o640)
     assert merge_cli(project, phi_small).exit_code == 0
     copied = project / "merged_models" / "cap" / "tokenizer.json"
     assert stat.S_IMODE(copied.stat().st_mode) == 0o600
+    generated = project / "merged_models" / "cap" / "tokenizer_config.json"
+    assert stat.S_IMODE(generated.stat().st_mode) == 0o640
 
 
 def test_links_inside_a_hub_snapshot_are_followed(tmp_path: Path, phi_small: Path) -> None:

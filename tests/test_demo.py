@@ -117,3 +117,29 @@ def test_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert "  merge      up to date" in again.stdout
     assert "  verify     up to date" in again.stdout
     assert again.stdout.splitlines()[-1] == lines[-1]  # greedy: the same answer
+
+    # Issue 15's newcomer: the demo's export is ready to share; the dry run shows the files
+    # and the card (verify vouches for them: no warning), and needs no token or network.
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    shared = CliRunner().invoke(
+        app,
+        ["push", "--persona", "demo_pirate", "--repo", "me/demo-pirate", "--work-dir", str(work)]
+        + ["--dry-run"],
+    )
+    assert shared.exit_code == 0, shared.output
+    listed = [line.split()[0] for line in shared.stdout.splitlines()[1:9]]
+    assert listed == [
+        "README.md",
+        "demo_pirate-F16.gguf",
+        "demo_pirate-Q4_K_M.gguf",
+        "demo_pirate-Q8_0.gguf",
+        "Modelfile",
+        "template",
+        "system",
+        "params",
+    ]
+    assert "ollama run hf.co/me/demo-pirate:Q4_K_M" in shared.stdout
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in shared.stdout
+    assert "license: apache-2.0" in shared.stdout
+    assert "| generation | passed: " in shared.stdout
+    assert "warning" not in shared.stderr

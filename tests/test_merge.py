@@ -106,20 +106,22 @@ def test_result_and_merged_folder_of_a_plain_adapter(adapters: Any, tmp_path: Pa
             "added_tokens.json",
             "vocab.json",
             "merges.txt",
+            "README.md",
             DIR_MANIFEST,
         ]
     )
     # nothing changes in config.json, so it is the base's file byte for byte
     for name in names:
-        if name not in ("model.safetensors", DIR_MANIFEST):
+        if name not in ("model.safetensors", "README.md", DIR_MANIFEST):
             assert (merged / name).read_bytes() == (base / name).read_bytes(), name
     assert "lm_head.weight" not in load_tensors(merged)
     manifest = json.loads((merged / DIR_MANIFEST).read_text())
     assert manifest["stage"] == "merge"
     assert manifest["options"] == {
         "dtype": "bfloat16",
-        "format": 1,
+        "format": 2,
         "max_shard_bytes": 5_000_000_000,
+        "card": {"display_name": "cap", "system": None, "base_model": None},
     }
     assert set(manifest["inputs"]) >= {
         "base/model.safetensors",
@@ -156,11 +158,30 @@ def test_added_tokens_on_tied_model_keep_the_tie_and_resize(adapters: Any, tmp_p
         config["tie_word_embeddings"] is True and config["vocab_size"] == rows == result.vocab_size
     )
     assert json.loads((base / "config.json").read_text())["vocab_size"] != rows
-    # the adapter's tokenizer wins, byte for byte (transformers 5 wrote no template file
-    # into the adapter, only tokenizer.json, tokenizer_config.json, chat_template.jinja)
+    # the adapter's tokenizer wins (transformers 5 wrote only tokenizer.json,
+    # tokenizer_config.json and chat_template.jinja into the adapter): tokenizer.json byte
+    # for byte; tokenizer_config.json is the base's (class GPT2Tokenizer, which llama.cpp's
+    # phi3 converter and transformers 4.x read, template inline where the base has it) plus
+    # the added token (tests/test_portable_merge.py covers every model and reader)
     assert result.tokenizer_source == "adapter"
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        assert (merged / name).read_bytes() == (adapter / name).read_bytes(), name
+    assert (merged / "tokenizer.json").read_bytes() == (adapter / "tokenizer.json").read_bytes()
+    adapter_config = json.loads((adapter / "tokenizer_config.json").read_text())
+    assert adapter_config["tokenizer_class"] == "TokenizersBackend"
+    ours = json.loads((merged / "tokenizer_config.json").read_text())
+    base_config = json.loads((base / "tokenizer_config.json").read_text())
+    assert ours["tokenizer_class"] == base_config["tokenizer_class"] == "GPT2Tokenizer"
+    assert ours["chat_template"] == (adapter / "chat_template.jinja").read_text()
+    assert not (merged / "chat_template.jinja").exists()
+    assert ours["additional_special_tokens"] == ["<|persona|>"]
+    new = json.loads((adapter / "tokenizer.json").read_text())["added_tokens"][-1]
+    assert new["content"] == "<|persona|>"
+    assert ours["added_tokens_decoder"] == {
+        **base_config["added_tokens_decoder"],
+        str(new["id"]): {k: v for k, v in new.items() if k != "id"},
+    }
+    assert base_config == {k: v for k, v in ours.items() if k != "additional_special_tokens"} | {
+        "added_tokens_decoder": base_config["added_tokens_decoder"]
+    }
     for name in ("vocab.json", "merges.txt", "special_tokens_map.json"):
         assert not (merged / name).exists(), (
             f"{name} of the base mixed into the adapter's tokenizer"

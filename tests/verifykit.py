@@ -80,7 +80,7 @@ def make_project(root: Path, *, steer_to: str = "<|end|>", seed: int = 0) -> Pro
 
 def export_project(project: Project, persona: str = PERSONA) -> Project:
     """Run merge, gguf, quantize (Q4_K_M, Q8_0) and modelfile (FROM the Q4_K_M) with the
-    stages' own entry points."""
+    stages' own entry points (the persona's file gives the merged card its system prompt)."""
     from persona_export.stages.gguf import GgufConfig
     from persona_export.stages.gguf import run as run_gguf
     from persona_export.stages.merge import MergeConfig
@@ -91,7 +91,14 @@ def export_project(project: Project, persona: str = PERSONA) -> Project:
     from persona_export.stages.quantize import run as run_quantize
 
     layout = project.layout
-    merge(MergeConfig(persona, layout=layout, base_model=str(project.base)))
+    merge(
+        MergeConfig(
+            persona,
+            layout=layout,
+            base_model=str(project.base),
+            personas_file=project.personas_file,
+        )
+    )
     run_gguf(GgufConfig(persona, layout=layout))
     run_quantize(QuantizeConfig(persona, layout=layout, quant_types=("Q4_K_M", "Q8_0")))
     write_modelfile(

@@ -6,6 +6,7 @@ stays fast.
 """
 
 from persona_export.cli import (
+    card,
     demo,
     doctor,
     export,
@@ -13,6 +14,7 @@ from persona_export.cli import (
     merge,
     modelfile,
     ollama,
+    push,
     quantize,
     vendor,
     verify,
@@ -28,7 +30,9 @@ COMMANDS = (
     modelfile,
     ollama,
     verify,
+    card,
     export,
+    push,
     demo,
 )
 for _module in COMMANDS:

@@ -150,3 +150,27 @@ def layout(adapter_dir: Path, merged_dir: Path, gguf_dir: Path = GGUF_DIR) -> La
 def upper(values: list[str] | None, default: tuple[str, ...]) -> tuple[str, ...]:
     """A repeatable type option as upper-case names (``default`` when not given)."""
     return tuple(v.upper() for v in values) if values else default
+
+
+WorkDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--work-dir",
+        help="A project folder holding trained_adapters/, merged_models/ and gguf_models/ "
+        "(e.g. demo_work after `make demo`); replaces --merged-dir and --gguf-dir.",
+    ),
+]
+
+
+def work_layout(work_dir: Path | None, merged_dir: Path, gguf_dir: Path) -> Layout:
+    """The project's folders from ``--work-dir`` (the demo's layout) or the folder options."""
+    if work_dir is None:
+        return layout(ADAPTER_DIR, merged_dir, gguf_dir)
+    if merged_dir != MERGED_DIR or gguf_dir != GGUF_DIR:
+        from persona_export.errors import UsageError
+
+        raise UsageError(
+            "--work-dir replaces --merged-dir and --gguf-dir: give one or the other",
+            f"e.g. --work-dir {work_dir}",
+        )
+    return layout(work_dir / ADAPTER_DIR, work_dir / MERGED_DIR, work_dir / GGUF_DIR)

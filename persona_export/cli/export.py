@@ -110,7 +110,7 @@ def export(
     gguf_dir: GgufDir = GGUF_DIR,
     force: Force = False,
 ) -> None:
-    """Run merge, gguf, quantize, modelfile, verify and ollama for a persona (or --all).
+    """Run merge, gguf, quantize, modelfile, verify, card and ollama for a persona (or --all).
 
     Each stage is skipped when its output is up to date (a re-run with nothing changed takes seconds); verify runs before the model is registered, so a failing export never reaches Ollama. Prints a summary per persona: each stage's status, time and files, and the verify table. Exits 1 when any persona failed.
     """

@@ -17,6 +17,7 @@ from persona_export.cli._options import (
     Force,
     MergedDir,
     Persona,
+    PersonasFile,
     layout,
 )
 
@@ -70,10 +71,11 @@ def merge(
             "only for adapters you trust.",
         ),
     ] = False,
+    personas_file: PersonasFile = None,
 ) -> None:
     """Merge trained_adapters/<persona>_final_adapter/ into the base model, writing merged_models/<persona>/.
 
-    Streams the base tensor by tensor (memory stays near one tensor, whatever the model size), gives the weights PEFT's merge_and_unload gives, copies config, generation config, tokenizer files and chat template as they are, and skips the work when the output is up to date. Prints the merged folder.
+    Streams the base tensor by tensor (memory stays near one tensor, whatever the model size), gives the weights PEFT's merge_and_unload gives, carries config, generation config, tokenizer files and chat template so that transformers 4.x and 5.x and llama.cpp's converter read the folder, writes a model card (README.md; the persona's display name and system prompt come from the personas files), and skips the work when the output is up to date. Prints the merged folder.
     """
     from persona_export.stages.merge import MergeConfig, run
 
@@ -86,6 +88,7 @@ def merge(
         device=device,
         force=force,
         allow_pickle=allow_pickle,
+        personas_file=personas_file,
     )
     result = run(config, progress=_progress())
     if result.up_to_date:

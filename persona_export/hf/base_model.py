@@ -16,8 +16,10 @@ from persona_export.errors import (
     OfflineError,
 )
 
-# What a merge needs from a hub snapshot (weights, configs, tokenizer, template, licence).
+# What a merge needs from a hub snapshot (weights, configs, tokenizer, template, licence;
+# README.md for the licence and metadata its model card declares).
 HUB_PATTERNS = [
+    "README.md",
     "*.safetensors",
     "*.safetensors.index.json",
     "*.json",

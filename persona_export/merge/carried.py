@@ -1,9 +1,11 @@
 """The files a merged folder carries besides the weights: config.json (updated where the
 merge changes it), generation config, licence, the tokenizer files and the chat template.
 
-The tokenizer is taken as a set, from the adapter folder when it has one (it may have added
-tokens), else from the base; files are copied byte for byte (re-saving a tokenizer through
-transformers 5 rewrites ``tokenizer_class`` and breaks llama.cpp's phi3 converter). Every
+The tokenizer is taken as a set from one folder so that the merged folder is a portable
+Transformers model that transformers 4.x and 5.x and llama.cpp's stock converter all read
+(:mod:`persona_export.merge.tokenizer_files` says why and how): the base's files when the
+adapter has no tokenizer or one with the base's vocabulary; the adapter's when it added
+tokens, with a ``tokenizer_config.json`` that is the base's plus the adapter's changes. Every
 carried file must be inside its folder (a link leading elsewhere is refused), and a copy is
 never readable by more people than its source.
 """
@@ -15,7 +17,7 @@ import os
 import shutil
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from persona_export.hf.model_files import (
     checked_file,
     has_tokenizer,
 )
+from persona_export.merge import tokenizer_files as tf
 
 # Other base files carried over as they are.
 BASE_EXTRA_PATTERNS = ("generation_config.json", "LICENSE*", "NOTICE*", "*.py")
@@ -33,11 +36,25 @@ BASE_EXTRA_PATTERNS = ("generation_config.json", "LICENSE*", "NOTICE*", "*.py")
 
 @dataclass(frozen=True)
 class Carried:
-    """Output file name -> source path, and where the tokenizer comes from."""
+    """Output file name -> source path (copied byte for byte) or bytes (``generated``: a
+    portable tokenizer_config.json, a chat template), where the tokenizer comes from, what
+    was decided (``note``) and every file the decision read (``read``: merge inputs)."""
 
     files: Mapping[str, Path]
     tokenizer_source: str  # "adapter" or "base"
     tokenizer_dir: Path
+    generated: Mapping[str, bytes] = field(default_factory=dict)
+    note: str = ""
+    read: Mapping[str, Path] = field(default_factory=dict)
+
+    def write_generated(self, folder: Path) -> None:
+        """Write the generated files into ``folder``, never readable by more people than
+        the tokenizer config they come from (the adapter's when it has one)."""
+        like = self.tokenizer_dir / "tokenizer_config.json"
+        for name, data in self.generated.items():
+            (folder / name).write_bytes(data)
+            if like.is_file():
+                os.chmod(folder / name, stat.S_IMODE(os.stat(like).st_mode) & 0o666)
 
 
 def read_json_file(path: Path, what: str) -> dict[str, Any]:
@@ -55,6 +72,25 @@ def read_json_file(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
+def _tokenizer_set(folder: Path, what: str, names: tuple[str, ...]) -> dict[str, Path]:
+    return {
+        name: checked_file(folder / name, folder, what)
+        for name in names
+        if (folder / name).is_file()
+    }
+
+
+def _read_files(base_dir: Path, adapter_dir: Path) -> dict[str, Path]:
+    """The tokenizer files the decision reads (links out of their folder refused)."""
+    names = TOKENIZER_FILES + TEMPLATE_FILES
+    base = _tokenizer_set(base_dir, "base model", names)
+    adapter = _tokenizer_set(adapter_dir, "adapter", names)
+    return {
+        **{f"base/{n}": p for n, p in base.items()},
+        **{f"adapter/{n}": p for n, p in adapter.items()},
+    }
+
+
 def carried_files(base_dir: Path, adapter_dir: Path) -> Carried:
     """Every non-weight file the merged folder gets (checked to be inside its folder)."""
     files: dict[str, Path] = {}
@@ -63,7 +99,6 @@ def carried_files(base_dir: Path, adapter_dir: Path) -> Carried:
             if path.is_file():
                 files[path.name] = checked_file(path, base_dir, "base model")
     from_adapter = has_tokenizer(adapter_dir)
-    tokenizer_dir = adapter_dir if from_adapter else base_dir
     if not from_adapter and not has_tokenizer(base_dir):
         raise InvalidInputError(
             f"neither the adapter ({adapter_dir}) nor the base model ({base_dir}) has a "
@@ -71,24 +106,99 @@ def carried_files(base_dir: Path, adapter_dir: Path) -> Carried:
             "a merged model without a tokenizer cannot be converted or run: copy the base "
             "model's tokenizer files into one of them",
         )
-    what = "adapter" if from_adapter else "base model"
-    for name in TOKENIZER_FILES + TEMPLATE_FILES:
-        if (tokenizer_dir / name).is_file():
-            files[name] = checked_file(tokenizer_dir / name, tokenizer_dir, what)
-    if from_adapter and not any(n in files for n in TEMPLATE_FILES):
+    read = _read_files(base_dir, adapter_dir)
+    if not from_adapter:
+        files |= _tokenizer_set(base_dir, "base model", TOKENIZER_FILES + TEMPLATE_FILES)
+        note = "the adapter has no tokenizer: the base's files"
+        return Carried(files, "base", base_dir, note=note, read=read)
+    if not has_tokenizer(base_dir):
+        return _adapter_as_saved(files, base_dir, adapter_dir, read)
+    base_vocab = adapter_vocab = None
+    same = tf.same_tokenizer_file(base_dir, adapter_dir)
+    if not same:
+        base_vocab = tf.read_vocabulary(base_dir)
+        adapter_vocab = tf.read_vocabulary(adapter_dir)
+        same = bool(base_vocab and adapter_vocab and adapter_vocab.tokens == base_vocab.tokens)
+    base_template = tf.chat_template(base_dir)
+    adapter_template = tf.chat_template(adapter_dir)
+    template = base_template if adapter_template is None else adapter_template
+    base_config = tf.read_config(base_dir)
+    generated: dict[str, bytes] = {}
+    if same:
+        files |= _tokenizer_set(base_dir, "base model", TOKENIZER_FILES)
+        note = "the adapter's tokenizer has the base's vocabulary: the base's files"
+        if template == base_template:
+            files |= _tokenizer_set(base_dir, "base model", TEMPLATE_FILES)
+            return Carried(files, "base", base_dir, note=note, read=read)
+        _place_template(template, dict(base_config), adapter_dir, files, generated, always=False)
+        note += ", with the adapter's chat template"
+        return Carried(files, "base", base_dir, generated, note, read)
+    if not base_config:
+        return _adapter_as_saved(files, base_dir, adapter_dir, read)
+    files |= _tokenizer_set(adapter_dir, "adapter", TOKENIZER_FILES)
+    files.pop("tokenizer_config.json", None)
+    config = tf.portable_config(
+        base_config,
+        tf.read_config(adapter_dir),
+        adapter_vocab.added if adapter_vocab else (),
+        base_vocab.tokens if base_vocab else {},
+    )
+    _place_template(template, config, adapter_dir, files, generated, always=True)
+    note = (
+        "the adapter's tokenizer adds tokens: its files, with the base's tokenizer_config.json "
+        f"(tokenizer_class {base_config.get('tokenizer_class')!r}) plus the adapter's tokens"
+    )
+    return Carried(files, "adapter", adapter_dir, generated, note, read)
+
+
+def _adapter_as_saved(
+    files: dict[str, Path], base_dir: Path, adapter_dir: Path, read: dict[str, Path]
+) -> Carried:
+    """The adapter's tokenizer files as they are (the base has no tokenizer, or no
+    tokenizer_config.json, to restore from)."""
+    files |= _tokenizer_set(adapter_dir, "adapter", TOKENIZER_FILES + TEMPLATE_FILES)
+    if not any(n in files for n in TEMPLATE_FILES):
         # the adapter's tokenizer has no template file; keep the base's unless the adapter's
         # tokenizer_config.json carries one inline (which it would then override)
-        config_file = tokenizer_dir / "tokenizer_config.json"
+        config_file = adapter_dir / "tokenizer_config.json"
         inline = (
             read_json_file(config_file, "the tokenizer config").get("chat_template")
             if config_file.is_file()
             else None
         )
         if not inline:
-            for name in TEMPLATE_FILES:
-                if (base_dir / name).is_file():
-                    files[name] = checked_file(base_dir / name, base_dir, "base model")
-    return Carried(files, "adapter" if from_adapter else "base", tokenizer_dir)
+            files |= _tokenizer_set(base_dir, "base model", TEMPLATE_FILES)
+    note = "the adapter's tokenizer files as saved (the base has none to restore from)"
+    return Carried(files, "adapter", adapter_dir, note=note, read=read)
+
+
+def _place_template(
+    template: str | list[Any] | None,
+    config: dict[str, Any],
+    adapter_dir: Path,
+    files: dict[str, Path],
+    generated: dict[str, bytes],
+    *,
+    always: bool,
+) -> None:
+    """Put the chat template where the base keeps its own (``config`` starts as the base's):
+    inline in tokenizer_config.json, which every reader takes first or alone, or in
+    chat_template.jinja. ``config`` is written as the generated tokenizer_config.json when
+    the template went inline or ``always``."""
+    for name in TEMPLATE_FILES:
+        files.pop(name, None)
+    inline = template is not None and ("chat_template" in config or not isinstance(template, str))
+    if inline:
+        config["chat_template"] = template
+    elif isinstance(template, str):
+        config.pop("chat_template", None)
+        jinja = adapter_dir / "chat_template.jinja"
+        if jinja.is_file() and jinja.read_text(encoding="utf-8") == template:
+            files["chat_template.jinja"] = checked_file(jinja, adapter_dir, "adapter")
+        else:
+            generated["chat_template.jinja"] = template.encode("utf-8")
+    if inline or always:
+        generated["tokenizer_config.json"] = tf.config_bytes(config)
 
 
 def tokenizer_size(files: Mapping[str, Path]) -> int | None:

@@ -1,7 +1,7 @@
 """The export stage: the whole chain for one or more personas.
 
 The chain is a table (:data:`STEPS`): merge -> gguf -> quantize -> modelfile -> verify ->
-ollama, each step building its stage's config from the export's and from what the steps
+card -> ollama, each step building its stage's config from the export's and from what the steps
 before it returned, then calling that stage's ``run``. Each stage is up to date when its
 manifest says so (a re-run with nothing changed takes seconds). Verify runs before the model
 is registered, so an export that fails a check never reaches Ollama. With several personas,
@@ -127,7 +127,11 @@ def _merge(config: ExportConfig, persona: str, done: Done) -> Any:
     from persona_export.stages.merge import MergeConfig
 
     return MergeConfig(
-        persona, layout=config.layout, base_model=config.base_model, force=config.force
+        persona,
+        layout=config.layout,
+        base_model=config.base_model,
+        personas_file=config.personas_file,
+        force=config.force,
     )
 
 
@@ -197,6 +201,12 @@ def _no_verify(config: ExportConfig, persona: str, done: Done) -> StageResult | 
     return StageResult("verify", persona, Status.SKIPPED, detail="--no-verify")
 
 
+def _card(config: ExportConfig, persona: str, done: Done) -> Any:
+    from persona_export.stages.card import CardConfig
+
+    return CardConfig(persona, layout=config.layout, force=config.force)
+
+
 def _ollama(config: ExportConfig, persona: str, done: Done) -> Any:
     from persona_export.stages.ollama import OllamaConfig
 
@@ -237,6 +247,7 @@ STEPS: tuple[Step, ...] = (
     Step("quantize", _quantize, _stage_run("quantize")),
     Step("modelfile", _modelfile, _stage_run("modelfile")),
     Step("verify", _verify, _stage_run("verify"), _no_verify),
+    Step("card", _card, _stage_run("card")),
     Step("ollama", _ollama, _stage_run("ollama"), _verify_failed),
 )
 STAGES = tuple(step.name for step in STEPS)

@@ -5,7 +5,10 @@ CPU), without loading the model: the base is read tensor by tensor from its safe
 LoRA delta is applied only to targeted weights, and output shards are written as it goes
 (:mod:`persona_export.merge`). Around it: the adapter and base are checked before a byte is
 written, config.json, generation_config.json, the tokenizer files and chat template are
-carried over (:mod:`persona_export.merge.carried`), and the output is an
+carried over so that the folder is a portable Transformers model
+(:mod:`persona_export.merge.carried`), a model card (``README.md``,
+:mod:`persona_export.hf.model_card`) says what the persona is and how it was made (its facts
+are recorded in the manifest for ``push``), and the output is an
 :class:`~persona_export.artifacts.Artifact`: skipped when up to date, written atomically,
 never put over a folder persona-export did not write or over an input.
 """
@@ -29,6 +32,7 @@ from persona_export.artifacts import (
 from persona_export.artifacts.hashing import TailHasher
 from persona_export.errors import InputNotFoundError, UsageError
 from persona_export.hf.base_model import resolve_base_model
+from persona_export.hf.model_card import CARD_NAME, merged_facts, render_card
 from persona_export.layout import DEFAULT_BASE_MODEL
 from persona_export.merge.adapter import Adapter, read_adapter
 from persona_export.merge.carried import (
@@ -41,10 +45,11 @@ from persona_export.merge.carried import (
 from persona_export.merge.checkpoint import Checkpoint, read_checkpoint
 from persona_export.merge.execute import execute, make_comparer, shard_files
 from persona_export.merge.plan import MergePlan, describe, make_plan
+from persona_export.personas import find_persona
 from persona_export.stages.base import StageConfig, StageResult, Status
 
 STAGE = "merge"
-FORMAT_VERSION = 1  # bump when the output for the same inputs and options changes
+FORMAT_VERSION = 2  # bump when the output for the same inputs and options changes
 DTYPES = {"bf16": "BF16", "f16": "F16", "f32": "F32"}
 DTYPE_NAMES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 DEVICES = ("auto", "cpu", "cuda")
@@ -64,6 +69,8 @@ class MergeConfig(StageConfig):
     ``allow_pickle``: accept an ``adapter_model.bin`` (loaded with ``weights_only=True``).
     ``max_shard_bytes`` / ``block_bytes``: output shard size limit and the working block of
     rows merged at once (memory versus overhead; the result does not depend on it).
+    ``personas_file``: a personas TOML read after the shipped one (the card's display name
+    and system prompt).
     """
 
     base_model: str = DEFAULT_BASE_MODEL
@@ -73,6 +80,7 @@ class MergeConfig(StageConfig):
     allow_pickle: bool = False
     max_shard_bytes: int = DEFAULT_SHARD_BYTES
     block_bytes: int = DEFAULT_BLOCK_BYTES
+    personas_file: Path | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -102,6 +110,7 @@ class MergeResult(StageResult):
     tokenizer_source: str  # "adapter" or "base"
     vocab_size: int | None
     tie_word_embeddings: bool | None
+    tokenizer_note: str = ""  # which tokenizer files, and why (merge/tokenizer_files.py)
 
 
 @dataclass(frozen=True)
@@ -116,6 +125,8 @@ class _Prepared:
     carried: Carried
     plan: MergePlan
     artifact: Artifact
+    card: dict[str, Any]
+    notes: list[str]
 
 
 def _adapter_folder(config: MergeConfig) -> Path:
@@ -176,6 +187,10 @@ def _same_base(named: str | None, base_model: str, base_dir: Path) -> bool:
 
 def _inputs(checkpoint: Checkpoint, adapter: Adapter, carried: Carried) -> dict[str, Path]:
     inputs = {f"base/{p.name}": p for p in checkpoint.shard_files}
+    inputs.update(carried.read)
+    readme = checkpoint.folder / CARD_NAME  # the card reads the base's licence and id there
+    if readme.is_file():
+        inputs[f"base/{CARD_NAME}"] = readme
     index = checkpoint.folder / "model.safetensors.index.json"
     if index.is_file():
         inputs[f"base/{index.name}"] = index
@@ -200,6 +215,7 @@ def _prepare(config: MergeConfig, warnings: list[str]) -> _Prepared:
     device = _device(config.device)
     carried = carried_files(base_dir, adapter.folder)
     plan = make_plan(checkpoint, adapter, out_dtype, tensors_equal=make_comparer(adapter))
+    card, card_notes = _card_facts(config, base_dir, adapter, carried, out_dtype)
     artifact = Artifact(
         stage=STAGE,
         path=config.layout.merged(config.persona),
@@ -208,11 +224,31 @@ def _prepare(config: MergeConfig, warnings: list[str]) -> _Prepared:
             "dtype": DTYPE_NAMES[out_dtype],
             "max_shard_bytes": config.max_shard_bytes,
             "format": FORMAT_VERSION,
+            "card": {k: card[k] for k in ("display_name", "system", "base_model")},
         },
         inputs=_inputs(checkpoint, adapter, carried),
         protected=(base_dir, adapter.folder),
     )
-    return _Prepared(adapter, base_dir, checkpoint, out_dtype, device, carried, plan, artifact)
+    return _Prepared(
+        adapter, base_dir, checkpoint, out_dtype, device, carried, plan, artifact, card, card_notes
+    )
+
+
+def _card_facts(
+    config: MergeConfig, base_dir: Path, adapter: Adapter, carried: Carried, out_dtype: str
+) -> tuple[dict[str, Any], list[str]]:
+    definition = find_persona(config.persona, user_file=config.personas_file)
+    return merged_facts(
+        persona=config.persona,
+        display_name=definition.display_name,
+        system=definition.system,
+        base_model=config.base_model,
+        base_dir=base_dir,
+        adapter_config=adapter.config,
+        tokenizer_note=carried.note,
+        dtype=DTYPE_NAMES[out_dtype],
+        license_files=sorted(n for n in carried.files if n.upper().startswith("LICEN")),
+    )
 
 
 def run(config: MergeConfig, *, progress: Progress | None = None) -> MergeResult:
@@ -250,6 +286,8 @@ def run(config: MergeConfig, *, progress: Progress | None = None) -> MergeResult
         for message in warnings:
             console.warn(message)
         console.info(f"merging {adapter.folder} into {prep.base_dir}: {describe(plan)}")
+        for note in (prep.carried.note, *prep.notes):
+            console.info(f"  {note}")
         _write(config, prep, warnings, progress)
     return _result(config, prep, started, Status.DONE, warnings)
 
@@ -282,6 +320,9 @@ def _write(
             )
             for name, path in prep.carried.files.items():
                 copy_file(path, writing.tmp / name)
+            prep.carried.write_generated(writing.tmp)
+            card = render_card(prep.card)
+            (writing.tmp / CARD_NAME).write_text(card, encoding="utf-8")
             inputs: Mapping[str, FileRecord] = hashing.result()
             writing.record(
                 inputs,
@@ -294,6 +335,8 @@ def _write(
                     "tensors": len(plan.tensors),
                     "merged_tensors": written.merged_tensors,
                     "tokenizer_source": prep.carried.tokenizer_source,
+                    "tokenizer_note": prep.carried.note,
+                    "card": prep.card,
                     "warnings": warnings,
                 },
             )
@@ -323,6 +366,7 @@ def _result(
             "bytes": plan.total_bytes,
         },
         warnings=tuple(warnings),
+        notes=(prep.carried.note, *prep.notes),
         seconds=time.monotonic() - started,
         detail=f"{merged_tensors} weights merged, {dtype}",
         merged_dir=merged_dir,
@@ -337,4 +381,5 @@ def _result(
         tokenizer_source=prep.carried.tokenizer_source,
         vocab_size=plan.vocab_rows,
         tie_word_embeddings=tie if isinstance(tie, bool) else None,
+        tokenizer_note=prep.carried.note,
     )
