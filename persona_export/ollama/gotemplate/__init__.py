@@ -40,14 +40,16 @@ Case = tuple[str, Sequence[Message], str] | tuple[str, Sequence[Message], str, S
 class Rendered:
     """One rendering: the text, or the template's error; ``mode`` is ``messages`` or
     ``legacy`` (Ollama's two ways of rendering a TEMPLATE). ``vars`` are the identifiers
-    Ollama reads off the parsed TEMPLATE (lower-cased, sorted) and ``tool_tag`` the tag its
-    tool-call parser would wait for (empty when the template does not parse)."""
+    Ollama reads off the parsed TEMPLATE (lower-cased, sorted), ``tool_tag`` the tag its
+    tool-call parser would wait for and ``thinking_tags`` the tags it infers around thinking
+    text (empty when the template does not parse)."""
 
     output: str | None
     error: str | None
     mode: str
     vars: tuple[str, ...] = ()
     tool_tag: str = ""
+    thinking_tags: tuple[str, str] = ("", "")
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ class GoTemplateRenderer:
                 r.get("mode", ""),
                 tuple(r.get("vars") or ()),
                 r.get("tool_tag", ""),
+                tuple(r.get("thinking_tags") or ("", "")),  # type: ignore[arg-type]
             )
             for r in results
         ]

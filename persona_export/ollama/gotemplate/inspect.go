@@ -6,8 +6,8 @@ package main
 // The tag is the first text of the first `{{ if }}` whose pipeline names .ToolCalls as a
 // field (`.ToolCalls`, `.X.ToolCalls`; not `$m.ToolCalls`, not inside parentheses), found
 // depth-first through if/range/with bodies and else branches of the main template. Its
-// first text is searched depth-first too, but an action, or a nested if/range/with that
-// holds no text before its first action, ends the search. The text is cut at its first
+// first non-blank text is searched depth-first too, but an action, or a nested
+// if/range/with that holds no such text before its first action, ends the search. The text is cut at its first
 // "{", trimmed; empty (or no such if) means "{": any JSON object.
 
 import (
@@ -95,6 +95,9 @@ func firstText(nodes []parse.Node) *parse.TextNode {
 	for _, node := range nodes {
 		switch n := node.(type) {
 		case *parse.TextNode:
+			if strings.TrimSpace(string(n.Text)) == "" { // blank text is skipped
+				continue
+			}
 			return n
 		case *parse.ListNode:
 			if t := firstText(n.Nodes); t != nil {
@@ -111,4 +114,104 @@ func firstText(nodes []parse.Node) *parse.TextNode {
 		}
 	}
 	return nil
+}
+
+// thinkingTags is Ollama's heuristic for the tags around thinking text (thinking/template.go):
+// for each .Thinking field (a field node, in any pipeline) whose nearest enclosing range
+// iterates over a .Messages field, the first and last nodes of the nearest enclosing list,
+// when they are texts, trimmed. The last such field visited wins.
+func thinkingTags(tmpl *template.Template) (string, string) {
+	if tmpl == nil || tmpl.Tree == nil {
+		return "", ""
+	}
+	var opening, closing string
+	var visit func(n parse.Node, ancestors []parse.Node)
+	visit = func(n parse.Node, ancestors []parse.Node) {
+		if n == nil {
+			return
+		}
+		ancestors = append(ancestors, n)
+		if f, ok := n.(*parse.FieldNode); ok && len(f.Ident) > 0 && f.Ident[0] == "Thinking" {
+			var rng *parse.RangeNode
+			for i := len(ancestors) - 1; i >= 0 && rng == nil; i-- {
+				rng, _ = ancestors[i].(*parse.RangeNode)
+			}
+			if rng != nil && pipeUsesField(rng.Pipe, "Messages") {
+				for i := len(ancestors) - 1; i >= 0; i-- {
+					if l, ok := ancestors[i].(*parse.ListNode); ok {
+						if t, ok := l.Nodes[0].(*parse.TextNode); ok {
+							opening = strings.TrimSpace(string(t.Text))
+						}
+						if t, ok := l.Nodes[len(l.Nodes)-1].(*parse.TextNode); ok {
+							closing = strings.TrimSpace(string(t.Text))
+						}
+						break
+					}
+				}
+			}
+		}
+		for _, child := range children(n) {
+			visit(child, ancestors)
+		}
+	}
+	visit(tmpl.Tree.Root, nil)
+	return opening, closing
+}
+
+func children(n parse.Node) []parse.Node {
+	var out []parse.Node
+	switch x := n.(type) {
+	case *parse.ListNode:
+		out = append(out, x.Nodes...)
+	case *parse.IfNode, *parse.RangeNode, *parse.WithNode:
+		var b *parse.BranchNode
+		switch y := x.(type) {
+		case *parse.IfNode:
+			b = &y.BranchNode
+		case *parse.RangeNode:
+			b = &y.BranchNode
+		case *parse.WithNode:
+			b = &y.BranchNode
+		}
+		for _, c := range []parse.Node{b.Pipe, b.List, b.ElseList} {
+			if c != nil && !isNilList(c) {
+				out = append(out, c)
+			}
+		}
+	case *parse.ActionNode:
+		out = append(out, x.Pipe)
+	case *parse.TemplateNode:
+		if x.Pipe != nil {
+			out = append(out, x.Pipe)
+		}
+	case *parse.PipeNode:
+		for _, c := range x.Cmds {
+			out = append(out, c)
+		}
+	case *parse.CommandNode:
+		out = append(out, x.Args...)
+	}
+	return out
+}
+
+func isNilList(n parse.Node) bool {
+	l, ok := n.(*parse.ListNode)
+	return ok && l == nil
+}
+
+func pipeUsesField(p *parse.PipeNode, name string) bool {
+	found := false
+	var visit func(n parse.Node)
+	visit = func(n parse.Node) {
+		if f, ok := n.(*parse.FieldNode); ok && len(f.Ident) > 0 && f.Ident[0] == name {
+			found = true
+		}
+		for _, c := range children(n) {
+			visit(c)
+		}
+	}
+	if p != nil {
+		visit(p)
+	}
+	return found
 }

@@ -51,6 +51,7 @@ type result struct {
 	Mode    string   `json:"mode,omitempty"`
 	Vars    []string `json:"vars"`
 	ToolTag string   `json:"tool_tag"`
+	Think   []string `json:"thinking_tags"`
 }
 
 var funcs = template.FuncMap{
@@ -350,6 +351,8 @@ func main() {
 		if tmpl, vars, perr := parseTemplate(c.Template); perr == nil {
 			sort.Strings(vars)
 			r.Vars, r.ToolTag = vars, toolCallTag(tmpl)
+			opening, closing := thinkingTags(tmpl)
+			r.Think = []string{opening, closing}
 		}
 		results = append(results, r)
 	}
