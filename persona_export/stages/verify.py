@@ -52,6 +52,7 @@ from persona_export.verify.checks import FAILED, PASSED, SKIPPED, Check, error_c
 from persona_export.verify.data import bounds_path, load_bounds, load_conversations, prompts_path
 from persona_export.verify.engines import Engines, logit_checks, server_checks
 from persona_export.verify.memory import check_memory, merged_dtype
+from persona_export.verify.tools import choice_for
 
 __all__ = ["FAILED", "PASSED", "SKIPPED", "Check", "VerifyConfig", "VerifyResult", "run"]
 
@@ -348,6 +349,8 @@ def _run_checks(config: VerifyConfig, plan: _Plan) -> tuple[Check, ...]:
                     max_tokens=config.max_tokens,
                     threads=config.threads,
                     log_dir=scratch,
+                    choice=choice_for(plan.modelfile),
+                    merged_dir=plan.merged_dir,
                 )
             records = hashing.result()
             changed = _changed_inputs(artifact.inputs, before)

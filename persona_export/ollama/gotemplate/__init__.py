@@ -83,7 +83,7 @@ class GoTemplateRenderer:
                 r.get("mode", ""),
                 tuple(r.get("vars") or ()),
                 r.get("tool_tag", ""),
-                tuple(r.get("thinking_tags") or ("", "")),  # type: ignore[arg-type]
+                tuple(r.get("thinking_tags") or ("", "")),
             )
             for r in results
         ]
