@@ -26,11 +26,17 @@ from typing import Any
 
 import pytest
 
-from persona_export.hf.chat_formats import load_formats, tools_via
+from persona_export.hf.chat_formats import SYSTEM_TEXT, load_formats
+from persona_export.hf.chat_tools import (
+    PROBE_TOOL,
+    PROBE_TURNS,
+    first_difference,
+    tool_form_difference,
+    tools_via,
+)
 from persona_export.ollama.template_choice import RENDERED, ollama_choice
 from persona_export.stages.modelfile import ModelfileConfig
 from persona_export.stages.modelfile import run as write_modelfile
-from persona_export.verify.tools import first_difference
 from tests import hf_chat_templates as hf
 from tests.gotemplate_runner import GoTemplateRenderer
 from tests.modelfile_kit import (
@@ -222,6 +228,41 @@ def test_models_without_tools_keep_a_tool_less_template(
     assert choice.capabilities == ("completion",)  # Ollama does not advertise tools
 
 
+@pytest.mark.go
+def test_each_tool_template_renders_its_own_detection_string(
+    go_template: GoTemplateRenderer,
+) -> None:
+    tool_formats = [f for f in FORMATS.values() if f.tool_template is not None]
+    cases = [
+        (
+            f.tool_template,
+            PROBE_TURNS[:1] if f.tools_via == "system" else PROBE_TURNS,
+            SYSTEM_TEXT,
+            [PROBE_TOOL],
+        )
+        for f in tool_formats
+    ]
+    for fmt, result in zip(tool_formats, go_template.render_many(cases), strict=True):
+        assert fmt.tool_detect is not None and result.output is not None, fmt.name
+        assert first_difference(fmt.tool_detect, result.output) is None, fmt.name
+        assert result.tool_tag == fmt.tool_call_tag, fmt.name
+
+
+def test_a_template_with_tools_in_another_form_keeps_the_plain_template(tmp_path: Path) -> None:
+    # Qwen2.5's template with its tool section reworded: still ChatML, still renders tools,
+    # but not as the ChatML tool TEMPLATE does, so that TEMPLATE would misteach the model.
+    other = hf.QWEN25.replace("# Tools", "# Functions")
+    difference = tool_form_difference(FORMATS["chatml"], other, special_tokens=CHATML.special)
+    assert difference is not None and "# Tools" in difference and "# Functions" in difference
+    _, result, parsed = _modelfile(tmp_path, other, CHATML, SYSTEM)
+    assert parsed.template == FORMATS["chatml"].template
+    assert any(
+        "renders tools, but not as the ChatML tool TEMPLATE does" in w for w in result.warnings
+    )
+    # Ollama >= 0.30 then prefers the model's own template, which does render its tools
+    assert ollama_choice(parsed.template, other).path == "gguf"
+
+
 def test_tools_are_detected_per_model() -> None:
     vias = {case: tools_via(t, special_tokens=k.special) for case, t, k, _, _ in TOOL_CASES}
     assert vias == {
@@ -232,6 +273,11 @@ def test_tools_are_detected_per_model() -> None:
         "llama3.3": "tools",
     }
     assert {f.tools_via for f in FORMATS.values() if f.tool_template} == {"tools", "system"}
+    for case, chat_template, kind, format_name, _ in TOOL_CASES:
+        difference = tool_form_difference(
+            FORMATS[format_name], chat_template, special_tokens=kind.special
+        )
+        assert difference is None, f"{case}: {difference}"
 
 
 @pytest.mark.go

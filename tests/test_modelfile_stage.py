@@ -160,6 +160,28 @@ def test_unknown_chat_format_exports_without_template(runner: CliRunner, tmp_pat
     assert "# Ollama >= 0.30 renders the GGUF's chat template through llama-server" in text
 
 
+def test_unknown_chat_format_from_the_gguf_alone(runner: CliRunner, tmp_path: Path) -> None:
+    # No merged folder: the template, the end-of-sequence token and the turn markers (the
+    # GGUF's control tokens the template writes between turns) all come from the GGUF.
+    layout = project_layout(tmp_path)
+    markers = ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>")
+    write_stub_gguf(
+        layout.gguf("cap", "Q4_K_M"),
+        add_bos=True,
+        chat_template=hf.DEEPSEEK_R1_DISTILL,
+        tokens=["a", "b", *markers, "<think>"],
+        bos=markers[0],
+        eos=markers[1],
+        control=markers,
+    )
+    result = invoke(runner, layout)
+    assert result.exit_code == 0, result.output
+    parsed = parse_modelfile(layout.modelfile("cap").read_text())
+    assert parsed.template is None
+    assert parsed.stops == ["<｜end▁of▁sentence｜>", "<｜User｜>"]
+    assert "capabilities: tools, thinking, completion" in result.stderr
+
+
 def test_no_chat_template_is_an_error(runner: CliRunner, tmp_path: Path) -> None:
     layout = make_persona_project(tmp_path, "cap", None, PHI)
     result = invoke(runner, layout)

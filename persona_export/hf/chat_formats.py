@@ -9,15 +9,14 @@ a model's format is told by what its template *does*, never by its name.
 A format whose model family calls tools also has a ``[tools]`` table: a TEMPLATE that renders
 Ollama's ``.Tools``, the assistant's ``.ToolCalls`` and ``tool`` results, how the family's
 chat template takes tool definitions (``via``: ``tools``, apply_chat_template's argument, or
-``system``, a JSON string in the system message's ``tools`` key as Phi-4-mini's does) and the
-tag Ollama's tool-call parser derives from it (``call_tag``, checked by the tests). Whether a
-model gets it is decided per model (:func:`tools_via`): only when its own chat template
-renders a tool list.
+``system``, a JSON string in the system message's ``tools`` key as Phi-4-mini's does), the
+tag Ollama's tool-call parser derives from it (``call_tag``, checked by the tests) and what the
+family's template renders for a probe tool conversation (``detect``). Whether a model gets it
+is decided per model (:mod:`persona_export.hf.chat_tools`).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +60,7 @@ class ChatFormat:
     tool_template: str | None = None
     tools_via: str = "tools"
     tool_call_tag: str | None = None
+    tool_detect: str | None = None
 
 
 def _require_str(data: Mapping[str, Any], key: str, where: Path) -> str:
@@ -90,7 +90,7 @@ def load_format(path: Path) -> ChatFormat:
     tools = data.get("tools", {})
     if not isinstance(tools, dict) or tools.get("via", "tools") not in TOOLS_VIA:
         raise InvalidInputError(
-            f"{path}: [tools] needs template, call_tag and via ({' or '.join(TOOLS_VIA)})"
+            f"{path}: [tools] needs template, call_tag, detect and via ({' or '.join(TOOLS_VIA)})"
         )
     return ChatFormat(
         name=_require_str(data, "name", path),
@@ -104,6 +104,7 @@ def load_format(path: Path) -> ChatFormat:
         tool_template=_require_str(tools, "template", path) if tools else None,
         tools_via=str(tools.get("via", "tools")),
         tool_call_tag=_require_str(tools, "call_tag", path) if tools else None,
+        tool_detect=_require_str(tools, "detect", path) if tools else None,
     )
 
 
@@ -137,6 +138,7 @@ def render_chat_template(
     Raises :class:`TemplateRefusedError` when the template refuses the conversation
     (``raise_exception``), ``jinja2.TemplateSyntaxError`` when it is not valid Jinja.
     """
+    import json
     from datetime import datetime
 
     import jinja2
@@ -297,72 +299,6 @@ def detect_format(
         f"({', '.join(f.name for f in formats)}); it renders a test conversation as {preview!r}",
         TEMPLATE_HINT,
     )
-
-
-#: The tool detection offers a model's chat template (its name and description are looked for
-#: in the rendering).
-PROBE_TOOL: dict[str, Any] = {
-    "type": "function",
-    "function": {
-        "name": "probe_tool_name",
-        "description": "PROBE_TOOL_DESCRIPTION",
-        "parameters": {
-            "type": "object",
-            "properties": {"probe_argument": {"type": "string", "description": "PROBE_ARG"}},
-            "required": ["probe_argument"],
-        },
-    },
-}
-
-
-def system_tools_json(tools: Sequence[Mapping[str, Any]]) -> str:
-    """Tool definitions as Phi-4-mini's model card writes them into the system message's
-    ``tools`` key: a JSON list of ``{"name", "description", "parameters"}`` whose parameters
-    are the function's properties (Python's json.dumps spacing)."""
-    return json.dumps(
-        [
-            {
-                "name": t["function"]["name"],
-                "description": t["function"].get("description", ""),
-                "parameters": t["function"].get("parameters", {}).get("properties", {}),
-            }
-            for t in tools
-        ],
-        ensure_ascii=False,
-    )
-
-
-def tools_via(chat_template: str, *, special_tokens: Mapping[str, str]) -> str | None:
-    """How ``chat_template`` takes tool definitions, found by rendering a system message and
-    a user message with :data:`PROBE_TOOL`: ``"tools"`` when apply_chat_template's ``tools``
-    argument shows up in the text, ``"system"`` when a JSON string in the system message's
-    ``tools`` key does; None when neither does (the template renders no tools)."""
-    user = {"role": "user", "content": USER_ONE}
-    attempts: list[tuple[str, list[dict[str, Any]], list[dict[str, Any]] | None]] = [
-        ("tools", [{"role": "system", "content": SYSTEM_TEXT}, user], [PROBE_TOOL]),
-        (
-            "system",
-            [
-                {
-                    "role": "system",
-                    "content": SYSTEM_TEXT,
-                    "tools": system_tools_json([PROBE_TOOL]),
-                },
-                user,
-            ],
-            None,
-        ),
-    ]
-    for via, messages, tools in attempts:
-        try:
-            text = render_chat_template(
-                chat_template, messages, special_tokens=special_tokens, tools=tools
-            )
-        except Exception:  # a template that refuses or breaks on tools does not render them
-            continue
-        if "probe_tool_name" in text and "PROBE_TOOL_DESCRIPTION" in text:
-            return via
-    return None
 
 
 def turn_markers(

@@ -17,13 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from persona_export.errors import InputNotFoundError, UnsupportedError, UsageError
-from persona_export.hf.chat_formats import (
-    TEMPLATE_HINT,
-    ChatFormat,
-    detect_format,
-    tools_via,
-    turn_markers,
-)
+from persona_export.hf.chat_formats import TEMPLATE_HINT, ChatFormat, detect_format, turn_markers
+from persona_export.hf.chat_tools import tool_form_difference, tools_via
 from persona_export.hf.tokenizer import TokenizerInfo, from_gguf, from_hf_folder, gguf_adds_bos
 from persona_export.layout import Layout
 
@@ -160,28 +155,30 @@ def _format_template(
     fmt: ChatFormat, info: TokenizerInfo, notes: list[str], warnings: list[str]
 ) -> tuple[str, bool]:
     """``fmt``'s tool-capable TEMPLATE when the model's own chat template renders tools the
-    way the format's family takes them, else its plain TEMPLATE."""
-    via = (
-        tools_via(info.chat_template, special_tokens=info.special_tokens)
-        if info.chat_template
-        else None
-    )
-    if via is None:
+    way the format's family does (:mod:`persona_export.hf.chat_tools`), else its plain one."""
+    own = info.chat_template
+    via = tools_via(own, special_tokens=info.special_tokens) if own else None
+    if via is None or not own:
         if fmt.tool_template is not None:
             notes.append("the model's chat template renders no tools: the TEMPLATE declares none")
         return fmt.template, False
-    if fmt.tool_template is None or via != fmt.tools_via:
+    tool_template = fmt.tool_template
+    if tool_template is None or via != fmt.tools_via:
+        difference: str | None = f"the {fmt.title} TEMPLATE has no tool support in that form"
+    else:
+        difference = tool_form_difference(fmt, own, special_tokens=info.special_tokens)
+    if tool_template is None or difference is not None:
         warnings.append(
-            f"the model's chat template renders tools but the {fmt.title} TEMPLATE has no tool "
-            "support in that form: Ollama >= 0.30 will prefer the GGUF's chat template "
-            "(rendered by llama-server) over the TEMPLATE"
+            f"the model's chat template renders tools, but not as the {fmt.title} tool TEMPLATE "
+            f"does ({difference}): the TEMPLATE declares no tools, and Ollama >= 0.30 will "
+            "prefer the GGUF's chat template (rendered by llama-server)"
         )
         return fmt.template, False
     notes.append(
         f"the model's chat template renders tools: the TEMPLATE renders them too (tool calls "
         f"after {fmt.tool_call_tag!r})"
     )
-    return fmt.tool_template, True
+    return tool_template, True
 
 
 def gguf_template(info: TokenizerInfo, gguf: Path, why: str) -> ChosenTemplate:

@@ -10,16 +10,16 @@
   against the HF chat template. Tool definitions and arguments are JSON; Ollama's ``json``
   writes it compactly with keys in its own order where Python's json.dumps writes ``", "`` and
   ``": "``, so JSON values are compared as values and all other text character for character
-  (:func:`first_difference`).
+  (:func:`persona_export.hf.chat_tools.first_difference`).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from persona_export.hf.chat_tools import first_difference, system_tools_json, tools_via
 from persona_export.ollama.modelfile import Modelfile
 from persona_export.ollama.template_choice import NO_TEMPLATE, RENDERED, OllamaChoice, ollama_choice
 from persona_export.verify.checks import FAILED, PASSED, SKIPPED, Check
@@ -76,56 +76,11 @@ def ollama_check(choice: OllamaChoice) -> Check:
     return Check("ollama-template", PASSED, summary, choice.to_json())
 
 
-def segments(text: str) -> list[tuple[str, Any]]:
-    """``text`` split into plain text and the JSON objects and lists in it (decoded)."""
-    decoder = json.JSONDecoder()
-    out: list[tuple[str, Any]] = []
-    start = index = 0
-    while index < len(text):
-        if text[index] in "{[":
-            try:
-                value, end = decoder.raw_decode(text, index)
-            except ValueError:
-                index += 1
-                continue
-            out += [("text", text[start:index]), ("json", value)]
-            start = index = end
-        else:
-            index += 1
-    out.append(("text", text[start:]))
-    return out
-
-
-def first_difference(expected: str, actual: str) -> str | None:
-    """None when the texts are the same up to how their JSON is written, else where they
-    first differ."""
-    want, got = segments(expected), segments(actual)
-    for number, (a, b) in enumerate(zip(want, got, strict=False)):
-        if a == b:
-            continue
-        if a[0] == b[0] == "text":
-            at = next(
-                (i for i, (x, y) in enumerate(zip(a[1], b[1], strict=False)) if x != y),
-                min(len(a[1]), len(b[1])),
-            )
-            start = max(0, at - 20)
-            return (
-                f"text part {number + 1}, character {at}: expected "
-                f"{a[1][start : at + 30]!r}, got {b[1][start : at + 30]!r}"
-            )
-        return f"part {number + 1}: expected {str(a[1])[:80]!r}, got {str(b[1])[:80]!r}"
-    if len(want) != len(got):
-        return f"expected {len(want)} parts, got {len(got)}"
-    return None
-
-
 def hf_tool_messages(
     system: str | None, conversation: Sequence[Mapping[str, Any]], via: str
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
     """The messages and ``tools`` argument for the HF chat template: tools as the argument
     (``via="tools"``), or as a JSON string in the system message (``"system"``)."""
-    from persona_export.hf.chat_formats import system_tools_json
-
     messages = [dict(m) for m in conversation]
     if via == "system":
         head = {"role": "system", "content": system or "", "tools": system_tools_json(TOOLS)}
@@ -144,8 +99,6 @@ def tools_check(
     """The tool conversations on ``choice``'s path: ``render`` gives the path's text for
     Ollama-shaped messages (None: the renderer is missing, the check is skipped)."""
     from transformers import AutoTokenizer
-
-    from persona_export.hf.chat_formats import tools_via
 
     name = "template-tools"
     what = "the TEMPLATE (Go)" if choice.path == RENDERED else "the GGUF's template (llama-server)"
