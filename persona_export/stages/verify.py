@@ -57,7 +57,7 @@ from persona_export.verify.tools import choice_for
 __all__ = ["FAILED", "PASSED", "SKIPPED", "Check", "VerifyConfig", "VerifyResult", "run"]
 
 STAGE = "verify"
-REPORT_FORMAT = 1
+REPORT_FORMAT = 2  # 2: ollama-template and template-tools checks (an older report is redone)
 DEFAULT_MAX_TOKENS = 384
 HF_DTYPES = ("float32", "bfloat16", "float16")
 
