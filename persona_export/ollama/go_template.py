@@ -27,7 +27,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-_SPACE = " \t\r\n"
+_SPACE = " \t\r\n"  # what Go's trim markers remove
+_SPACES = tuple(_SPACE)
 _TOKEN = re.compile(
     r"""
     (?P<string>"(?:\\.|[^"\\])*"|`[^`]*`|'(?:\\.|[^'\\])*')
@@ -90,8 +91,9 @@ def _lex(text: str) -> list[tuple[str, str]]:
         chunk = text[pos:] if start < 0 else text[pos:start]
         if trim_next:
             chunk = chunk.lstrip(_SPACE)
+        # "{{- " trims: the dash must be followed by a space, else it is a negative number
         left_trim = start >= 0 and text[start + 2 : start + 3] == "-"
-        left_trim = left_trim and text[start + 3 : start + 4] != "" and text[start + 3] in _SPACE
+        left_trim = left_trim and text[start + 3 : start + 4] in _SPACES
         if left_trim:
             chunk = chunk.rstrip(_SPACE)
         if chunk:
@@ -104,9 +106,7 @@ def _lex(text: str) -> list[tuple[str, str]]:
             if close < 0:
                 raise GoTemplateError("unclosed comment")
             end = close + 2
-            trim_next = text.startswith(" -}}", end) or text[end : end + 4] in {
-                f"{c}-}}}}" for c in _SPACE
-            }
+            trim_next = text[end : end + 1] in _SPACES and text.startswith("-}}", end + 1)
             end += 2 if trim_next else 0
             if not text.startswith("}}", end):
                 raise GoTemplateError("comment ends before closing delimiter")
@@ -114,7 +114,7 @@ def _lex(text: str) -> list[tuple[str, str]]:
             continue
         end = _action_end(text, inner)
         body = text[inner:end]
-        trim_next = len(body) >= 2 and body[-1] == "-" and body[-2] in _SPACE
+        trim_next = len(body) >= 2 and body[-1] == "-" and body[-2] in _SPACES
         items.append(("action", (body[:-1] if trim_next else body).strip(_SPACE)))
         pos = end + 2
 
