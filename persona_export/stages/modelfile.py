@@ -229,15 +229,7 @@ def _plan(config: ModelfileConfig, quant: str, gguf: Path) -> _Planned:
     warnings += license_warnings
     choice = ollama_choice(chosen.text, _gguf_chat_template(gguf), stops)
     notes.append(choice.summary())
-    header = Header(
-        persona=persona,
-        display_name=definition.display_name,
-        model_name=definition.ollama_name,
-        quant=quant,
-        format_title=chosen.title,
-        template_source=chosen.source,
-        ollama=choice.summary(),
-    )
+    header = _header(persona, definition, quant, chosen, choice)
     try:
         text = Modelfile.build(
             f"./{gguf.name}",
@@ -277,6 +269,21 @@ def _plan(config: ModelfileConfig, quant: str, gguf: Path) -> _Planned:
     )
     return _Planned(
         artifact, payload, chosen, definition, stops, system, license_file, warnings, notes, choice
+    )
+
+
+def _header(
+    persona: str, definition: Persona, quant: str, chosen: ChosenTemplate, choice: OllamaChoice
+) -> Header:
+    """The Modelfile's header comment: who it is for, the chat format, what Ollama does."""
+    return Header(
+        persona=persona,
+        display_name=definition.display_name,
+        model_name=definition.ollama_name,
+        quant=quant,
+        format_title=chosen.title,
+        template_source=chosen.source,
+        ollama=choice.summary(),
     )
 
 
