@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -17,7 +18,7 @@ GO_MISSING = (
     "does; CI installs it (.ci/run) so these tests always run there"
 )
 
-Message = Mapping[str, str]
+Message = Mapping[str, Any]
 
 __all__ = ["GO_MISSING", "GoTemplateRenderer", "Rendered", "renderer_or_skip"]
 
@@ -26,8 +27,17 @@ __all__ = ["GO_MISSING", "GoTemplateRenderer", "Rendered", "renderer_or_skip"]
 class GoTemplateRenderer(gotemplate.GoTemplateRenderer):
     """The package's renderer plus a one-conversation call that fails the test on an error."""
 
-    def render(self, template: str, messages: Sequence[Message], system: str = "") -> str:
-        (result,) = self.render_many([(template, messages, system)])
+    def render(
+        self,
+        template: str,
+        messages: Sequence[Message],
+        system: str = "",
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> str:
+        case: gotemplate.Case = (
+            (template, messages, system) if tools is None else (template, messages, system, tools)
+        )
+        (result,) = self.render_many([case])
         if result.output is None:
             pytest.fail(f"Go could not render the template: {result.error}")
         return result.output

@@ -142,9 +142,11 @@ def write_stub_gguf(
     tokens: list[str] | None = None,
     bos: str | None = None,
     eos: str | None = None,
+    control: tuple[str, ...] = (),
 ) -> Path:
     """A GGUF with tokenizer metadata only (no tensors): enough for the modelfile stage,
-    which reads add_bos_token and, without a merged folder, the chat template and tokens."""
+    which reads add_bos_token and, without a merged folder, the chat template and tokens
+    (those in ``control`` typed CONTROL, the others NORMAL)."""
     from gguf import GGUFWriter
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,7 +157,7 @@ def write_stub_gguf(
     if tokens is not None:
         writer.add_tokenizer_model("gpt2")
         writer.add_token_list(tokens)
-        writer.add_token_types([1] * len(tokens))
+        writer.add_token_types([3 if t in control else 1 for t in tokens])
         if bos is not None:
             writer.add_bos_token_id(tokens.index(bos))
         if eos is not None:

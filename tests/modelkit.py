@@ -958,6 +958,10 @@ def make_llama(
     tie_word_embeddings: bool = False,
     dtype: str = "float32",
     seed: int = 0,
+    chat_template: str | None = None,
+    added_tokens: Sequence[str] | None = None,
+    special: dict[str, str] | None = None,
+    eos_tokens: Sequence[str] | None = None,
 ) -> Path:
     """Write a tiny LlamaForCausalLM folder into ``out_dir``; return ``out_dir``.
 
@@ -980,10 +984,15 @@ def make_llama(
             vocab_size, bos, eos = n, 1, 2
             gen = {"bos_token_id": 1, "eos_token_id": 2}
         elif tokenizer == "bpe":
-            added = [(t, True) for t in LLAMA3_SPECIAL_TOKENS]
-            special = {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}
+            added = [(t, True) for t in (added_tokens or LLAMA3_SPECIAL_TOKENS)]
+            special = special or {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}
             if bpe_vocab == "cl100k":
-                cl100k_tokenizer_files(tok_dir, added_tokens=added, special=special)
+                cl100k_tokenizer_files(
+                    tok_dir,
+                    added_tokens=added,
+                    special=special,
+                    chat_template=chat_template or LLAMA3_CHAT_TEMPLATE,
+                )
             elif bpe_vocab == "small":
                 small_bpe_tokenizer_files(
                     tok_dir,
@@ -999,11 +1008,9 @@ def make_llama(
                 raise ValueError(f"bpe_vocab must be 'cl100k' or 'small', not {bpe_vocab!r}")
             n, ids = _vocab_len(tok_dir)
             vocab_size = n
-            bos, eos = ids["<|begin_of_text|>"], ids["<|eot_id|>"]
-            gen = {
-                "bos_token_id": bos,
-                "eos_token_id": [ids["<|end_of_text|>"], ids["<|eom_id|>"], eos],
-            }
+            bos, eos = ids[special["bos_token"]], ids[special["eos_token"]]
+            ends = eos_tokens or ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")
+            gen = {"bos_token_id": bos, "eos_token_id": [ids[t] for t in ends]}
         else:
             raise ValueError(f"tokenizer must be 'spm' or 'bpe', not {tokenizer!r}")
         cfg = {

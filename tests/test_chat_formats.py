@@ -123,6 +123,7 @@ def test_formats_are_told_apart() -> None:
         "chatml",
         "gemma",
         "llama2",
+        "llama3.1",
         "llama3",
         "mistral",
         "phi3",

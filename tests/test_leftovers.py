@@ -195,7 +195,9 @@ def test_quantize_to_the_source_type_is_the_source_itself(tmp_path: Path) -> Non
 @pytest.mark.slow
 @pytest.mark.llama
 def test_export_quant_f16_writes_a_modelfile_from_the_f16(
-    tmp_path: Path, exported_project, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    exported_project,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
 ) -> None:
     from tests.ollama_kit import without_ollama
     from tests.verifykit import copy_project
@@ -217,6 +219,7 @@ def test_export_quant_f16_writes_a_modelfile_from_the_f16(
     again = runner.invoke(app, args)
     assert again.exit_code == 0, again.output
     for stage in ("merge", "gguf", "quantize", "modelfile"):
-        assert any(
-            line.split()[:3] == [stage, "up", "to"] for line in again.stdout.splitlines()
-        ), (stage, again.stdout)
+        assert any(line.split()[:3] == [stage, "up", "to"] for line in again.stdout.splitlines()), (
+            stage,
+            again.stdout,
+        )

@@ -74,7 +74,8 @@ def test_phi4mini_modelfile(runner: CliRunner, phi_project: Layout, personas_fil
     parsed = parse_modelfile(data.decode("utf-8"))
     assert parsed.from_ == "./cap-Q4_K_M.gguf"
     assert (modelfile.parent / parsed.from_).is_file()
-    assert parsed.template == FORMATS["phi4mini"].template
+    # Phi-4-mini's own template renders tools, so the TEMPLATE does too (issue 13)
+    assert parsed.template == FORMATS["phi4mini"].tool_template
     assert parsed.stops == ["<|end|>", "<|endoftext|>", "<|user|>", "<|assistant|>", "<|system|>"]
     assert parsed.parameters == {
         "stop": parsed.stops,
@@ -121,20 +122,64 @@ def test_missing_gguf_names_the_quantize_command(runner: CliRunner, tmp_path: Pa
     assert not layout.modelfile("cap").exists()
 
 
-def test_unknown_chat_format_is_an_error_that_suggests_template(
+def test_unknown_chat_format_without_a_gguf_template_is_an_error(
     runner: CliRunner, tmp_path: Path
 ) -> None:
+    # An unknown format exports without a TEMPLATE only when the GGUF carries the chat
+    # template Ollama would use instead; this stub GGUF carries none.
     layout = make_persona_project(tmp_path, "cap", hf.ALPACA, LLAMA3)
     result = invoke(runner, layout)
     assert result.exit_code == 1
     source = layout.merged("cap") / "tokenizer_config.json"
     assert result.stderr.startswith(
         f"error: {source} matches none of the known chat formats (chatml, gemma, llama2, "
-        "llama3, mistral, phi3, phi4mini); it renders a test conversation as "
-        "'### Instruction:\\nUSER_ONE"
+        "llama3.1, llama3, mistral, phi3, phi4mini), and cap-Q4_K_M.gguf carries no chat "
+        "template for Ollama to use instead\n"
     )
     assert "hint: pass --template FILE with an Ollama (Go text/template) TEMPLATE" in result.stderr
     assert not layout.modelfile("cap").exists()
+
+
+def test_unknown_chat_format_exports_without_template(runner: CliRunner, tmp_path: Path) -> None:
+    layout = make_persona_project(tmp_path, "cap", hf.ALPACA, LLAMA3)
+    write_stub_gguf(layout.gguf("cap", "Q4_K_M"), add_bos=True, chat_template=hf.ALPACA)
+    result = invoke(runner, layout)
+    assert result.exit_code == 0, result.output
+    assert "the Modelfile has no TEMPLATE, so Ollama >= 0.30 renders the GGUF's own chat " in (
+        result.stderr
+    )
+    assert "warning: Ollama older than 0.30 would render this model's prompts as {{ .Prompt }}" in (
+        result.stderr
+    )
+    text = layout.modelfile("cap").read_text()
+    parsed = parse_modelfile(text)
+    assert parsed.template is None
+    # the tokenizer's end-of-sequence tokens, then what the template writes between turns
+    assert parsed.stops == ["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>", "### Instruction:"]
+    assert "# Chat format: the GGUF's own chat template, from cap-Q4_K_M.gguf " in text
+    assert "# Ollama >= 0.30 renders the GGUF's chat template through llama-server" in text
+
+
+def test_unknown_chat_format_from_the_gguf_alone(runner: CliRunner, tmp_path: Path) -> None:
+    # No merged folder: the template, the end-of-sequence token and the turn markers (the
+    # GGUF's control tokens the template writes between turns) all come from the GGUF.
+    layout = project_layout(tmp_path)
+    markers = ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>")
+    write_stub_gguf(
+        layout.gguf("cap", "Q4_K_M"),
+        add_bos=True,
+        chat_template=hf.DEEPSEEK_R1_DISTILL,
+        tokens=["a", "b", *markers, "<think>"],
+        bos=markers[0],
+        eos=markers[1],
+        control=markers,
+    )
+    result = invoke(runner, layout)
+    assert result.exit_code == 0, result.output
+    parsed = parse_modelfile(layout.modelfile("cap").read_text())
+    assert parsed.template is None
+    assert parsed.stops == ["<｜end▁of▁sentence｜>", "<｜User｜>"]
+    assert "capabilities: tools, thinking, completion" in result.stderr
 
 
 def test_no_chat_template_is_an_error(runner: CliRunner, tmp_path: Path) -> None:
@@ -312,7 +357,7 @@ def test_gguf_only_reads_the_template_from_the_gguf(runner: CliRunner, tmp_path:
         result.stderr
     )
     parsed = parse_modelfile(layout.modelfile("cap").read_text())
-    assert parsed.template == FORMATS["phi4mini"].template
+    assert parsed.template == FORMATS["phi4mini"].tool_template
     assert parsed.stops == ["<|endoftext|>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>"]
 
 

@@ -149,7 +149,8 @@ def test_a_personas_table_name_with_control_characters_is_refused(
 def test_printable_unicode_in_a_display_name_is_kept(tmp_path: Path) -> None:
     """Emoji sequences (joined by U+200D) and accents are not control characters."""
     result, modelfile = _modelfile_with(
-        tmp_path, '[personas.cap]\ndisplay_name = "Capitaine Barbe-Code \U0001f3f4\u200d\u2620\ufe0f"\n'
+        tmp_path,
+        '[personas.cap]\ndisplay_name = "Capitaine Barbe-Code \U0001f3f4\u200d\u2620\ufe0f"\n',
     )
     assert result.exit_code == 0, result.output
     assert "Capitaine Barbe-Code \U0001f3f4\u200d\u2620\ufe0f" in modelfile.read_text()

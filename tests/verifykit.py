@@ -111,3 +111,53 @@ def copy_project(project: Project, root: Path) -> Project:
     """A private copy (real copies, not links: tests rewrite files in place)."""
     shutil.copytree(project.root, root)
     return Project(root, root / "base", root / "personas.toml")
+
+
+def make_llama_project(
+    root: Path,
+    *,
+    chat_template: str,
+    added_tokens: tuple[str, ...],
+    special: dict[str, str],
+    eos_tokens: tuple[str, ...],
+    steer_to: str,
+    seed: int = 0,
+) -> Project:
+    """Base (tiny Llama on the cl100k vocabulary, tied embeddings, steered to end on
+    ``steer_to``) carrying another model family's chat template and added tokens, the adapter
+    of persona ``cap``, and a personas file; nothing exported yet."""
+    from tests import modelkit as mk
+
+    root.mkdir(parents=True, exist_ok=True)
+    base = mk.make_llama(
+        root / "base",
+        tokenizer="bpe",
+        tie_word_embeddings=True,
+        seed=seed,
+        chat_template=chat_template,
+        added_tokens=added_tokens,
+        special=special,
+        eos_tokens=eos_tokens,
+    )
+    steer(base, steer_to)
+    mk.make_adapter(base, project_layout(root).adapter(PERSONA), seed=seed)
+    return Project(root, base, write_personas(root / "personas.toml"))
+
+
+def export_f16(project: Project, persona: str = PERSONA) -> Project:
+    """Merge, gguf and a Modelfile FROM the F16 GGUF (no quantization: verify then compares
+    PEFT, the merged model and the F16 GGUF, and runs every template and server check)."""
+    from persona_export.stages.gguf import GgufConfig
+    from persona_export.stages.gguf import run as run_gguf
+    from persona_export.stages.merge import MergeConfig
+    from persona_export.stages.merge import run as merge
+    from persona_export.stages.modelfile import ModelfileConfig
+    from persona_export.stages.modelfile import run as write_modelfile
+
+    layout = project.layout
+    merge(MergeConfig(persona, layout=layout, base_model=str(project.base)))
+    run_gguf(GgufConfig(persona, layout=layout))
+    write_modelfile(
+        ModelfileConfig(persona, quant="F16", layout=layout, personas_file=project.personas_file)
+    )
+    return project

@@ -5,6 +5,14 @@ stop strings, and what the model's own Hugging Face chat template renders for a 
 conversation. Detection renders the model's template (Jinja2 in a sandbox, as transformers
 does) for the same placeholder conversation, with and without a system message, and compares:
 a model's format is told by what its template *does*, never by its name.
+
+A format whose model family calls tools also has a ``[tools]`` table: a TEMPLATE that renders
+Ollama's ``.Tools``, the assistant's ``.ToolCalls`` and ``tool`` results, how the family's
+chat template takes tool definitions (``via``: ``tools``, apply_chat_template's argument, or
+``system``, a JSON string in the system message's ``tools`` key as Phi-4-mini's does), the
+tag Ollama's tool-call parser derives from it (``call_tag``, checked by the tests) and what the
+family's template renders for a probe tool conversation (``detect``). Whether a model gets it
+is decided per model (:mod:`persona_export.hf.chat_tools`).
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ PLACEHOLDER_TURNS: tuple[dict[str, str], ...] = (
     {"role": "assistant", "content": ASSISTANT_ONE},
     {"role": "user", "content": USER_TWO},
 )
+#: How a chat template takes tool definitions (see the module docstring).
+TOOLS_VIA = ("tools", "system")
 TEMPLATE_HINT = (
     "pass --template FILE with an Ollama (Go text/template) TEMPLATE for this model, and "
     "--stop for its end-of-turn strings; or add a format file to templates/formats/"
@@ -54,6 +64,10 @@ class ChatFormat:
     with_system: str
     without_system: str
     source: Path
+    tool_template: str | None = None
+    tools_via: str = "tools"
+    tool_call_tag: str | None = None
+    tool_detect: str | None = None
 
 
 def _require_str(data: Mapping[str, Any], key: str, where: Path) -> str:
@@ -80,6 +94,11 @@ def load_format(path: Path) -> ChatFormat:
     with_system = _require_str(detect, "with_system", path)
     if with_system.count(SYSTEM_TEXT) != 1:
         raise InvalidInputError(f"{path}: detect.with_system must contain {SYSTEM_TEXT} once")
+    tools = data.get("tools", {})
+    if not isinstance(tools, dict) or tools.get("via", "tools") not in TOOLS_VIA:
+        raise InvalidInputError(
+            f"{path}: [tools] needs template, call_tag, detect and via ({' or '.join(TOOLS_VIA)})"
+        )
     return ChatFormat(
         name=_require_str(data, "name", path),
         title=_require_str(data, "title", path),
@@ -89,6 +108,10 @@ def load_format(path: Path) -> ChatFormat:
         with_system=with_system,
         without_system=_require_str(detect, "without_system", path),
         source=path,
+        tool_template=_require_str(tools, "template", path) if tools else None,
+        tools_via=str(tools.get("via", "tools")),
+        tool_call_tag=_require_str(tools, "call_tag", path) if tools else None,
+        tool_detect=_require_str(tools, "detect", path) if tools else None,
     )
 
 
@@ -108,15 +131,17 @@ class TemplateRefusedError(Exception):
 
 def render_chat_template(
     chat_template: str,
-    messages: Sequence[Mapping[str, str]],
+    messages: Sequence[Mapping[str, Any]],
     *,
     special_tokens: Mapping[str, str],
     add_generation_prompt: bool = True,
     seconds: float | None = None,
+    tools: Sequence[Mapping[str, Any]] | None = None,
 ) -> str:
     """Render a Hugging Face chat template as transformers does: a sandboxed Jinja2
     environment with trim_blocks/lstrip_blocks, ``raise_exception``, ``strftime_now``,
-    ``tojson`` and the tokenizer's special tokens as variables; within the bounds of
+    ``tojson`` and the tokenizer's special tokens as variables; ``tools`` as
+    apply_chat_template's argument of that name; within the bounds of
     :mod:`persona_export.hf.template_limits` (size, ``seconds`` or its ``RENDER_SECONDS``,
     memory).
 
@@ -173,7 +198,7 @@ def render_chat_template(
         compiled = env.from_string(chat_template)
         text: str = compiled.render(
             messages=[dict(m) for m in messages],
-            tools=None,
+            tools=[dict(t) for t in tools] if tools is not None else None,
             documents=None,
             add_generation_prompt=add_generation_prompt,
             **special_tokens,
@@ -292,3 +317,28 @@ def detect_format(
         f"({', '.join(f.name for f in formats)}); it renders a test conversation as {preview!r}",
         TEMPLATE_HINT,
     )
+
+
+def turn_markers(
+    chat_template: str, *, special_tokens: Mapping[str, str], added_tokens: Sequence[str]
+) -> tuple[str, ...]:
+    """The text a chat template writes between an assistant's answer and the next user
+    message, as stop strings: the tokenizer's added tokens found there, in order (the end of
+    the turn and the next turn's header: ``<|eot_id|>``, ``<|start_header_id|>``, ...), else
+    that text itself stripped of spaces (``### Instruction:``). Empty when the template
+    cannot render the placeholder conversation."""
+    try:
+        text = render_chat_template(chat_template, PLACEHOLDER_TURNS, special_tokens=special_tokens)
+    except Exception:  # any template error: no markers (the caller warns about no stops)
+        return ()
+    start, end = text.find(ASSISTANT_ONE), text.find(USER_TWO)
+    if start < 0 or end < start:
+        return ()
+    between = text[start + len(ASSISTANT_ONE) : end]
+    found = sorted(
+        (between.find(token), token) for token in set(added_tokens) if token and token in between
+    )
+    if found:
+        return tuple(dict.fromkeys(token for _, token in found))
+    stripped = between.strip()
+    return (stripped,) if stripped else ()

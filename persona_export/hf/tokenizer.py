@@ -23,7 +23,9 @@ class TokenizerInfo:
 
     ``eos_tokens``: end-of-sequence token texts in priority order (generation_config.json,
     config.json, the tokenizer's own eos; or the GGUF's eos/eot/eom ids). ``add_bos``: whether
-    the tokenizer (and so llama.cpp) adds BOS by itself; None when unknown.
+    the tokenizer (and so llama.cpp) adds BOS by itself; None when unknown. ``added_tokens``:
+    the texts of the tokens added to the vocabulary (a GGUF's control and user-defined
+    tokens), where chat templates find their turn markers.
     """
 
     chat_template: str | None
@@ -31,6 +33,7 @@ class TokenizerInfo:
     special_tokens: dict[str, str]
     eos_tokens: tuple[str, ...]
     add_bos: bool | None
+    added_tokens: tuple[str, ...] = ()
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -113,6 +116,9 @@ def from_hf_folder(folder: Path) -> TokenizerInfo:
     for key, entry in decoder.items():
         if str(key).isdigit() and (text := _token_text(entry)) is not None:
             id_to_text[int(key)] = text
+    added = list(id_to_text.values())
+    if (folder / "tokenizer.json").is_file():
+        added += _tokenizer_json_added(folder / "tokenizer.json")
 
     eos_ids: list[int] = []
     for name in ("generation_config.json", "config.json"):
@@ -133,7 +139,13 @@ def from_hf_folder(folder: Path) -> TokenizerInfo:
         special_tokens=special_tokens,
         eos_tokens=_dedupe(eos_tokens),
         add_bos=add_bos if isinstance(add_bos, bool) else None,
+        added_tokens=_dedupe(added),
     )
+
+
+def _tokenizer_json_added(path: Path) -> list[str]:
+    entries = _read_json(path).get("added_tokens") or []
+    return [str(e["content"]) for e in entries if isinstance(e, dict) and e.get("content")]
 
 
 def _tokenizer_json_ids(path: Path, wanted: set[int]) -> dict[int, str]:
@@ -177,16 +189,23 @@ _RESAVE_HINT = "the tokenizer files are damaged: copy them again from the base m
 # rules (the llama.cpp module knows the file format, not what the Modelfile needs).
 
 _TOKENS = "tokenizer.ggml.tokens"
+_TOKEN_TYPES = "tokenizer.ggml.token_type"
 _ADD_BOS = "tokenizer.ggml.add_bos_token"
 
 
 def from_gguf(path: Path) -> TokenizerInfo:
     """Read the tokenizer facts of the GGUF at ``path`` (when no merged folder is at hand).
     Raises InvalidInputError when its metadata cannot be read."""
-    meta = read_gguf_metadata(path, arrays=(_TOKENS,))
+    from gguf.constants import TokenType
+
+    meta = read_gguf_metadata(path, arrays=(_TOKENS, _TOKEN_TYPES))
     tokens = meta.get(_TOKENS)
     token_list: tuple[str, ...] = (
         tokens.values if isinstance(tokens, ArrayInfo) and tokens.values is not None else ()
+    )
+    types = meta.get(_TOKEN_TYPES)
+    type_list: tuple[int, ...] = (
+        types.values if isinstance(types, ArrayInfo) and types.values is not None else ()
     )
 
     def text(key: str) -> str | None:
@@ -221,6 +240,12 @@ def from_gguf(path: Path) -> TokenizerInfo:
         special_tokens=special_tokens,
         eos_tokens=_dedupe(t for t in eos if t),
         add_bos=add_bos if isinstance(add_bos, bool) else None,
+        added_tokens=_dedupe(
+            t
+            for t, kind in zip(token_list, type_list, strict=False)
+            # the tokens a tokenizer adds to its vocabulary are CONTROL or USER_DEFINED
+            if kind in (TokenType.CONTROL, TokenType.USER_DEFINED)
+        ),
     )
 
 

@@ -81,10 +81,17 @@ class LlamaServer:
             raise ExternalToolError(f"llama-server {path} returned {type(data).__name__}")
         return data
 
-    def apply_template(self, messages: Sequence[Mapping[str, str]]) -> str:
+    def apply_template(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> str:
         """The prompt the GGUF's chat template gives ``messages`` (llama.cpp's Jinja engine,
-        with the generation prompt added)."""
-        data = self._post("/apply-template", {"messages": [dict(m) for m in messages]})
+        with the generation prompt added), with ``tools`` offered (OpenAI's shapes)."""
+        body: dict[str, Any] = {"messages": [dict(m) for m in messages]}
+        if tools:
+            body["tools"] = [dict(t) for t in tools]
+        data = self._post("/apply-template", body)
         return str(data["prompt"])
 
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:

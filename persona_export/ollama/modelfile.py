@@ -82,6 +82,8 @@ class Header:
     quant: str = DEFAULT_QUANT
     format_title: str = "custom"
     template_source: str = "--template"
+    #: what Ollama >= 0.30 does with this Modelfile (template_choice.OllamaChoice.summary())
+    ollama: str = ""
 
 
 def typed_parameter(name: str, text: str) -> Value:
@@ -334,6 +336,7 @@ def _render(modelfile: Modelfile, header: Header) -> str:
             "quant": header.quant,
             "format_title": header.format_title,
             "template_source": header.template_source,
+            "ollama": header.ollama,
             "from_value": quote(modelfile.from_, what="FROM"),
             "template_value": (
                 None

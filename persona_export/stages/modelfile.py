@@ -6,10 +6,17 @@
   Ollama would take the path for a model name and try to pull it);
 * ``TEMPLATE``: the Go template of the model's chat format, detected from the tokenizer's own
   chat template (merged_models/<persona>/ first, else the GGUF's ``tokenizer.chat_template``)
-  by rendering a placeholder conversation; or the one given with ``--template``;
-* ``PARAMETER stop``: the model's end-of-sequence tokens, then the format's turn markers;
+  by rendering a placeholder conversation, tool-capable when the model's own template renders
+  tools; or the one given with ``--template``. A chat template no shipped format recognises
+  gives no TEMPLATE: Ollama >= 0.30 renders the GGUF's own template through llama-server;
+* ``PARAMETER stop``: the model's end-of-sequence tokens, then the format's turn markers (the
+  ones the model's template writes, for an unrecognised one);
 * the persona's other ``PARAMETER``s and ``SYSTEM`` (templates/personas.toml and the user's
   persona files), and ``LICENSE`` when the merged folder carries one.
+
+The header comment says which template Ollama >= 0.30 will use and which capabilities it
+will list (:func:`~persona_export.ollama.template_choice.ollama_choice` on the TEMPLATE and
+the GGUF's chat template).
 
 The stage only orchestrates: it detects the template, chooses the stops, reads the persona
 and writes the file with its manifest. The text comes from
@@ -38,6 +45,7 @@ from persona_export.hf.chat_formats import TEMPLATE_HINT, load_formats
 from persona_export.hf.template_limits import size_problem
 from persona_export.layout import DEFAULT_QUANT
 from persona_export.ollama.modelfile import Header, Modelfile, license_text
+from persona_export.ollama.template_choice import OllamaChoice, ollama_choice
 from persona_export.ollama.templates import ChosenTemplate, choose_template, tokenizer_facts
 from persona_export.personas import Persona, find_persona, persona_files
 from persona_export.resources import templates_dir
@@ -81,6 +89,7 @@ class ModelfileResult(StageResult):
     parameters: dict[str, Any]
     system: str | None
     license_file: Path | None
+    ollama: OllamaChoice
 
 
 def _dedupe(items: list[str]) -> tuple[str, ...]:
@@ -134,6 +143,7 @@ def run(config: ModelfileConfig) -> ModelfileResult:
                         "format": planned.chosen.format_name,
                         "model_name": planned.definition.ollama_name,
                         "stops": list(planned.stops),
+                        "ollama": planned.ollama.to_json(),
                     },
                 )
     return ModelfileResult(
@@ -141,11 +151,19 @@ def run(config: ModelfileConfig) -> ModelfileResult:
         persona=persona,
         status=Status.UP_TO_DATE if up_to_date else Status.DONE,
         outputs=(artifact.path,),
-        figures={"format": planned.chosen.format_name, "stops": list(planned.stops)},
+        figures={
+            "format": planned.chosen.format_name,
+            "stops": list(planned.stops),
+            "ollama": planned.ollama.to_json(),
+        },
         warnings=tuple(planned.warnings),
         notes=tuple(planned.notes),
         seconds=time.monotonic() - started,
-        detail=f"{planned.chosen.format_name} format, {len(planned.stops)} stops, FROM {gguf.name}",
+        detail=(
+            f"{planned.chosen.format_name} format, {len(planned.stops)} stops, FROM {gguf.name}; "
+            f"Ollama >= 0.30 uses the {planned.ollama.path} template "
+            f"({', '.join(planned.ollama.capabilities)})"
+        ),
         modelfile=artifact.path,
         gguf=gguf,
         model_name=planned.definition.ollama_name,
@@ -154,6 +172,7 @@ def run(config: ModelfileConfig) -> ModelfileResult:
         parameters=dict(planned.definition.parameters),
         system=planned.system,
         license_file=planned.license_file,
+        ollama=planned.ollama,
     )
 
 
@@ -168,6 +187,7 @@ class _Planned:
     license_file: Path | None
     warnings: list[str]
     notes: list[str]
+    ollama: OllamaChoice
 
 
 def _plan(config: ModelfileConfig, quant: str, gguf: Path) -> _Planned:
@@ -198,16 +218,11 @@ def _plan(config: ModelfileConfig, quant: str, gguf: Path) -> _Planned:
             "the model's chat template adds a default system prompt when there is none; "
             f"it is written as SYSTEM: {chosen.default_system!r}"
         )
-    license_file, license_text, license_warnings = _license(layout.merged(persona))
+    license_file, license_body, license_warnings = _license(layout.merged(persona))
     warnings += license_warnings
-    header = Header(
-        persona=persona,
-        display_name=definition.display_name,
-        model_name=definition.ollama_name,
-        quant=quant,
-        format_title=chosen.title,
-        template_source=chosen.source,
-    )
+    choice = ollama_choice(chosen.text, _gguf_chat_template(gguf), stops)
+    notes.append(choice.summary())
+    header = _header(persona, definition, quant, chosen, choice)
     try:
         text = Modelfile.build(
             f"./{gguf.name}",
@@ -215,7 +230,7 @@ def _plan(config: ModelfileConfig, quant: str, gguf: Path) -> _Planned:
             stops=stops,
             parameters=definition.parameters,
             system=system,
-            license=license_text,
+            license=license_body,
         ).render(header)
     except UsageError as exc:
         raise UsageError(f"persona {persona!r}: {exc.message}", exc.hint) from exc
@@ -246,8 +261,31 @@ def _plan(config: ModelfileConfig, quant: str, gguf: Path) -> _Planned:
         known=_gguf_hint(gguf),
     )
     return _Planned(
-        artifact, payload, chosen, definition, stops, system, license_file, warnings, notes
+        artifact, payload, chosen, definition, stops, system, license_file, warnings, notes, choice
     )
+
+
+def _header(
+    persona: str, definition: Persona, quant: str, chosen: ChosenTemplate, choice: OllamaChoice
+) -> Header:
+    """The Modelfile's header comment: who it is for, the chat format, what Ollama does."""
+    return Header(
+        persona=persona,
+        display_name=definition.display_name,
+        model_name=definition.ollama_name,
+        quant=quant,
+        format_title=chosen.title,
+        template_source=chosen.source,
+        ollama=choice.summary(),
+    )
+
+
+def _gguf_chat_template(gguf: Path) -> str | None:
+    """The chat template Ollama reads from the GGUF (``tokenizer.chat_template``)."""
+    from persona_export.llamacpp.gguf_file import read_gguf_metadata
+
+    value = read_gguf_metadata(gguf).get("tokenizer.chat_template")
+    return value if isinstance(value, str) and value else None
 
 
 def _gguf_hint(gguf: Path) -> dict[str, Any]:

@@ -61,11 +61,12 @@ from persona_export.verify.data import (
 )
 from persona_export.verify.engines import Engines, logit_checks, server_checks
 from persona_export.verify.memory import check_memory, merged_dtype
+from persona_export.verify.tools import choice_for
 
 __all__ = ["FAILED", "PASSED", "SKIPPED", "Check", "VerifyConfig", "VerifyResult", "run"]
 
 STAGE = "verify"
-REPORT_FORMAT = 1
+REPORT_FORMAT = 2  # 2: ollama-template and template-tools checks (an older report is redone)
 DEFAULT_MAX_TOKENS = 384
 HF_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -377,6 +378,8 @@ def _run_checks(config: VerifyConfig, plan: _Plan) -> tuple[Check, ...]:
                     max_tokens=config.max_tokens,
                     threads=config.threads,
                     log_dir=scratch,
+                    choice=choice_for(plan.modelfile),
+                    merged_dir=plan.merged_dir,
                 )
             records = hashing.result()
             changed = _changed_inputs(artifact.inputs, before)

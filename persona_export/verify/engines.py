@@ -3,8 +3,9 @@
 * :func:`logit_checks`: PEFT (base + adapter, unmerged) against the merged model, the merged
   model against the unquantized GGUF (llama.cpp), that GGUF against each quantized one.
 * :func:`server_checks`: the Modelfile's TEMPLATE rendered by Go as Ollama renders it, the
-  GGUF's own template rendered by llama-server, llama.cpp's tokens, and greedy answers with
-  the Modelfile's stops.
+  GGUF's own template rendered by llama-server, tool conversations on the path Ollama will
+  use (:mod:`persona_export.verify.tools`), llama.cpp's tokens of the prompts that path
+  renders, and greedy answers with the Modelfile's stops.
 
 An engine that fails (a tool error, a server that times out) becomes a failed check with the
 error's message, so the report still holds every figure measured before it.
@@ -16,12 +17,13 @@ import gc
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from persona_export import console
 from persona_export.errors import PersonaExportError
 from persona_export.ollama.modelfile import Modelfile
+from persona_export.ollama.template_choice import RENDERED, OllamaChoice
 from persona_export.verify.checks import (
-    FAILED,
     SKIPPED,
     Check,
     agreement_check,
@@ -33,6 +35,7 @@ from persona_export.verify.checks import (
 )
 from persona_export.verify.data import Bounds
 from persona_export.verify.prompts import Prompt
+from persona_export.verify.tools import Renderer
 
 
 def progress(message: str) -> None:
@@ -129,8 +132,11 @@ def _go_template_check(
     from persona_export.ollama.gotemplate import GO_MISSING, find_renderer
 
     if modelfile.template is None:
-        message = f"{modelfile.path} has no TEMPLATE: Ollama would guess the chat format"
-        return Check("template-modelfile", FAILED, message, {}), None
+        message = (
+            f"not run: {modelfile.path} has no TEMPLATE; Ollama >= 0.30 renders the GGUF's chat "
+            "template (template-gguf)"
+        )
+        return Check("template-modelfile", SKIPPED, message, {}), None
     renderer = find_renderer()
     if renderer is None:
         return Check("template-modelfile", SKIPPED, f"not run: {GO_MISSING}", {}), None
@@ -154,12 +160,17 @@ def server_checks(
     max_tokens: int,
     threads: int | None,
     log_dir: Path,
+    choice: OllamaChoice,
+    merged_dir: Path,
 ) -> list[Check]:
-    """Templates, tokens and generation (see the module docstring)."""
+    """Templates, tokens and generation (see the module docstring); ``choice`` says which
+    template Ollama will use, ``merged_dir`` holds the HF tokenizer for tool conversations."""
     from persona_export.llamacpp.server import llama_server
+    from persona_export.verify.tools import ollama_check, tools_check
 
     go_check, go_texts = _go_template_check(modelfile, prompts, bos)
-    checks = [go_check]
+    checks = [ollama_check(choice), go_check]
+    rendered = choice.path == RENDERED
     expected = [p.text for p in prompts]
     progress(f"{modelfile.gguf.name} through llama-server")
     ctx = max(map(len, (p.ids for p in prompts))) + max_tokens + 64
@@ -176,9 +187,14 @@ def server_checks(
                     bos,
                 )
             )
-            # What Ollama sends: the Modelfile's rendering (the GGUF's when Go is missing).
+            if choice.tools:
+                progress("tool conversations on the path Ollama uses")
+                render = _go_tools(modelfile) if rendered else _server_tools(server, modelfile)
+                checks.append(tools_check(choice, merged_dir, modelfile.system, render, bos))
+            # What Ollama sends: the rendering of the path it uses (the GGUF's when Go is
+            # missing).
             sent = [
-                (go if go is not None else llama) or ""
+                (go if go is not None and rendered else llama) or ""
                 for go, llama in zip(go_texts or llama_texts, llama_texts, strict=True)
             ]
             checks.append(token_check([p.ids for p in prompts], [server.tokenize(t) for t in sent]))
@@ -198,3 +214,33 @@ def server_checks(
 
     _guarded("llama-server", checks, with_server)
     return checks
+
+
+def _go_tools(modelfile: Modelfile) -> Renderer | None:
+    """Ollama's rendering of a tool conversation (Go), or None when Go is missing."""
+    from persona_export.ollama.gotemplate import find_renderer
+    from persona_export.verify.tools import TOOLS
+
+    renderer = find_renderer()
+    if renderer is None or modelfile.template is None:
+        return None
+    template, system = modelfile.template, modelfile.system or ""
+
+    def render(conversation: Sequence[Mapping[str, Any]]) -> str | None:
+        (result,) = renderer.render_many([(template, conversation, system, TOOLS)])
+        return result.output
+
+    return render
+
+
+def _server_tools(server: Any, modelfile: Modelfile) -> Renderer:
+    """llama-server's rendering of a tool conversation with the GGUF's template; Ollama puts
+    the Modelfile's SYSTEM first as it does for chat."""
+    from persona_export.verify.tools import TOOLS
+
+    head = [{"role": "system", "content": modelfile.system}] if modelfile.system else []
+
+    def render(conversation: Sequence[Mapping[str, Any]]) -> str | None:
+        return str(server.apply_template([*head, *conversation], TOOLS))
+
+    return render

@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from persona_export.artifacts import atomic_file
 from persona_export.errors import ExternalToolError
@@ -22,20 +23,33 @@ from persona_export.llamacpp.vendor import cache_root
 from persona_export.proc import run
 
 SOURCE_DIR = Path(__file__).resolve().parent
-SOURCES = ("go.mod", "main.go")
+SOURCES = ("go.mod", "main.go", "data.go", "inspect.go")
 GO_MISSING = "Go is not installed (Debian: apt-get install golang-go)"
 
-Message = Mapping[str, str]
+#: A chat message as Ollama's /api/chat takes it: role and content, and for tool use
+#: ``tool_calls`` (``[{"id": ..., "function": {"name": ..., "arguments": {...}}}]``),
+#: ``tool_name`` and ``tool_call_id``.
+Message = Mapping[str, Any]
+#: A tool definition as /api/chat takes it (``{"type": "function", "function": {...}}``).
+Tool = Mapping[str, Any]
+#: ``(template, messages, modelfile_system)``, optionally followed by the request's tools.
+Case = tuple[str, Sequence[Message], str] | tuple[str, Sequence[Message], str, Sequence[Tool]]
 
 
 @dataclass(frozen=True)
 class Rendered:
     """One rendering: the text, or the template's error; ``mode`` is ``messages`` or
-    ``legacy`` (Ollama's two ways of rendering a TEMPLATE)."""
+    ``legacy`` (Ollama's two ways of rendering a TEMPLATE). ``vars`` are the identifiers
+    Ollama reads off the parsed TEMPLATE (lower-cased, sorted), ``tool_tag`` the tag its
+    tool-call parser would wait for and ``thinking_tags`` the tags it infers around thinking
+    text (empty when the template does not parse)."""
 
     output: str | None
     error: str | None
     mode: str
+    vars: tuple[str, ...] = ()
+    tool_tag: str = ""
+    thinking_tags: tuple[str, str] = ("", "")
 
 
 @dataclass(frozen=True)
@@ -44,12 +58,17 @@ class GoTemplateRenderer:
 
     binary: Path
 
-    def render_many(self, cases: Sequence[tuple[str, Sequence[Message], str]]) -> list[Rendered]:
-        """Render ``(template, messages, modelfile_system)`` cases in one process."""
+    def render_many(self, cases: Sequence[Case]) -> list[Rendered]:
+        """Render ``(template, messages, modelfile_system[, tools])`` cases in one process."""
         payload = {
             "cases": [
-                {"template": t, "messages": [dict(m) for m in msgs], "system": system}
-                for t, msgs, system in cases
+                {
+                    "template": case[0],
+                    "messages": [dict(m) for m in case[1]],
+                    "system": case[2],
+                    "tools": [dict(t) for t in case[3]] if len(case) > 3 else None,
+                }
+                for case in cases
             ]
         }
         with tempfile.TemporaryDirectory(prefix="pe-gotemplate-") as tmp:
@@ -57,7 +76,17 @@ class GoTemplateRenderer:
             request.write_text(json.dumps(payload), encoding="utf-8")
             run([self.binary, request, answer], what="Go template renderer")
             results = json.loads(answer.read_text(encoding="utf-8"))["results"]
-        return [Rendered(r.get("output"), r.get("error"), r.get("mode", "")) for r in results]
+        return [
+            Rendered(
+                r.get("output"),
+                r.get("error"),
+                r.get("mode", ""),
+                tuple(r.get("vars") or ()),
+                r.get("tool_tag", ""),
+                tuple(r.get("thinking_tags") or ("", "")),
+            )
+            for r in results
+        ]
 
 
 def _source_key() -> str:

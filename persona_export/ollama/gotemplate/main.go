@@ -3,8 +3,14 @@
 // The tests use it too (tests/gotemplate_runner.py).
 //
 // Usage: gotemplate [IN.json [OUT.json]]. It reads one JSON object (IN.json, else stdin),
-// {"cases": [{"template": "...", "messages": [...], "system": "..."}]}, and writes
-// {"results": [{"output": "..."} or {"error": "..."}]} (OUT.json, else stdout).
+// {"cases": [{"template": "...", "messages": [...], "system": "...", "tools": [...]}]}, and
+// writes {"results": [{"output": "..." or "error": "...", "mode": "...", "vars": [...],
+// "tool_tag": "..."}]} (OUT.json, else stdout). Messages and tools are given as Ollama's
+// /api/chat takes them (OpenAI-style tools; tool_calls with function.name and
+// function.arguments; tool results with role "tool", tool_name, tool_call_id); data.go turns
+// them into the shapes Ollama hands its templates. "vars" and "tool_tag" are what Ollama
+// reads off the parsed TEMPLATE (inspect.go): its identifiers (capabilities) and the tag its
+// tool-call parser looks for.
 //
 // The rendering follows Ollama's template/template.go (0.33 line): Go text/template with
 // Option("missingkey=zero") and Ollama's functions (json, currentDate, yesterdayDate,
@@ -25,32 +31,27 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sort"
 	"strings"
 	"text/template"
 	"text/template/parse"
 	"time"
 )
 
-// Message mirrors the fields of Ollama's api.Message that templates read.
-type Message struct {
-	Role      string   `json:"role"`
-	Content   string   `json:"content"`
-	Thinking  string   `json:"thinking,omitempty"`
-	Images    []string `json:"images,omitempty"`
-	ToolCalls []any    `json:"tool_calls,omitempty"`
-	ToolName  string   `json:"tool_name,omitempty"`
-}
-
 type renderCase struct {
-	Template string    `json:"template"`
-	Messages []Message `json:"messages"`
-	System   string    `json:"system"`
+	Template string       `json:"template"`
+	Messages []apiMessage `json:"messages"`
+	System   string       `json:"system"`
+	Tools    []apiTool    `json:"tools"`
 }
 
 type result struct {
-	Output *string `json:"output,omitempty"`
-	Error  string  `json:"error,omitempty"`
-	Mode   string  `json:"mode,omitempty"`
+	Output  *string  `json:"output,omitempty"`
+	Error   string   `json:"error,omitempty"`
+	Mode    string   `json:"mode,omitempty"`
+	Vars    []string `json:"vars"`
+	ToolTag string   `json:"tool_tag"`
+	Think   []string `json:"thinking_tags"`
 }
 
 var funcs = template.FuncMap{
@@ -164,10 +165,11 @@ func identifiers(n parse.Node) []string {
 	return nil
 }
 
-// collate merges consecutive messages of one role and joins the system messages.
-func collate(msgs []Message) (string, []*Message) {
+// collate merges consecutive messages of one role (tool results excepted) and joins the
+// system messages.
+func collate(msgs []apiMessage) (string, []*apiMessage) {
 	var system []string
-	var collated []*Message
+	var collated []*apiMessage
 	for i := range msgs {
 		if msgs[i].Role == "system" {
 			system = append(system, msgs[i].Content)
@@ -249,15 +251,15 @@ func render(c renderCase) (string, string, error) {
 	}
 	msgs := c.Messages
 	if c.System != "" && (len(msgs) == 0 || msgs[0].Role != "system") {
-		msgs = append([]Message{{Role: "system", Content: c.System}}, msgs...)
+		msgs = append([]apiMessage{{Role: "system", Content: c.System}}, msgs...)
 	}
 	system, messages := collate(msgs)
 	var b bytes.Buffer
 	if contains(vars, "messages") {
 		err := tmpl.Execute(&b, map[string]any{
 			"System":     system,
-			"Messages":   messages,
-			"Tools":      nil,
+			"Messages":   templateMessages(messages),
+			"Tools":      templateToolsOf(c.Tools),
 			"Response":   "",
 			"Think":      false,
 			"IsThinkSet": false,
@@ -339,12 +341,20 @@ func main() {
 	results := make([]result, 0, len(req.Cases))
 	for _, c := range req.Cases {
 		out, mode, err := render(c)
+		r := result{Mode: mode, Vars: []string{}}
 		if err != nil {
-			results = append(results, result{Error: err.Error(), Mode: mode})
+			r.Error = err.Error()
 		} else {
 			o := out
-			results = append(results, result{Output: &o, Mode: mode})
+			r.Output = &o
 		}
+		if tmpl, vars, perr := parseTemplate(c.Template); perr == nil {
+			sort.Strings(vars)
+			r.Vars, r.ToolTag = vars, toolCallTag(tmpl)
+			opening, closing := thinkingTags(tmpl)
+			r.Think = []string{opening, closing}
+		}
+		results = append(results, r)
 	}
 	var out io.Writer = os.Stdout
 	if len(os.Args) > 2 {
