@@ -150,3 +150,27 @@ def layout(adapter_dir: Path, merged_dir: Path, gguf_dir: Path = GGUF_DIR) -> La
 def upper(values: list[str] | None, default: tuple[str, ...]) -> tuple[str, ...]:
     """A repeatable type option as upper-case names (``default`` when not given)."""
     return tuple(v.upper() for v in values) if values else default
+
+
+# Every command takes these three (added by cli/_output.with_output_options).
+JsonOutput = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="Print one JSON document on stdout (its keys: README, 'JSON output'); every other "
+        "line goes to stderr.",
+    ),
+]
+Quiet = Annotated[
+    bool,
+    typer.Option("--quiet", help="Show only warnings, errors and the result (no progress)."),
+]
+Verbose = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        "-v",
+        help="Also show the external commands run and the libraries' own output (their "
+        "progress bars and warnings).",
+    ),
+]

@@ -50,7 +50,13 @@ from persona_export.ollama.modelfile import Modelfile
 from persona_export.stages.base import StageConfig, StageResult, Status
 from persona_export.verify.checks import FAILED, PASSED, SKIPPED, Check, error_check
 from persona_export.verify.data import bounds_path, load_bounds, load_conversations, prompts_path
-from persona_export.verify.engines import Engines, logit_checks, server_checks
+from persona_export.verify.engines import (
+    Engines,
+    Steps,
+    logit_checks,
+    server_checks,
+    step_count,
+)
 from persona_export.verify.memory import check_memory, merged_dtype
 
 __all__ = ["FAILED", "PASSED", "SKIPPED", "Check", "VerifyConfig", "VerifyResult", "run"]
@@ -340,15 +346,19 @@ def _run_checks(config: VerifyConfig, plan: _Plan) -> tuple[Check, ...]:
                     config.threads,
                     scratch,
                 )
-                checks = logit_checks(engines, bounds, prompts)
-                checks += server_checks(
-                    plan.modelfile,
-                    prompts,
-                    bos,
-                    max_tokens=config.max_tokens,
-                    threads=config.threads,
-                    log_dir=scratch,
-                )
+                total = step_count(len(plan.quants), len(prompts))
+                with console.progress("verifying", total=total, unit="steps") as bar:
+                    steps = Steps(bar)
+                    checks = logit_checks(engines, bounds, prompts, steps)
+                    checks += server_checks(
+                        plan.modelfile,
+                        prompts,
+                        bos,
+                        max_tokens=config.max_tokens,
+                        threads=config.threads,
+                        log_dir=scratch,
+                        steps=steps,
+                    )
             records = hashing.result()
             changed = _changed_inputs(artifact.inputs, before)
             if changed:

@@ -1,0 +1,283 @@
+"""Progress of long steps, shown on stderr three ways (chosen by :mod:`persona_export.console`):
+
+* on a terminal, one live display (rich) that updates in place: label, bar, percentage,
+  amount done, rate and time left (the time taken once finished);
+* elsewhere (CI, pipes, ``2>log``), plain lines at a modest rate: one per tenth of the way,
+  at most one a second, and one when the step ends;
+* with ``--quiet``, nothing.
+
+Domain code never picks one: it calls ``console.progress(label, total, unit)`` and updates
+the :class:`Bar` it gets. Bars may nest (a step inside a step); on a terminal they share one
+live display, since a terminal holds one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import IO, Any
+
+# Plain mode: at most one line per this many seconds (the last line is always printed).
+PLAIN_MIN_INTERVAL_S = 1.0
+LABEL_WIDTH = 18  # bars of successive steps line up
+
+
+def amount(value: float, unit: str) -> str:
+    """``value`` of ``unit`` for people: bytes as kB/MB/GB, percentages as %, else a count."""
+    if unit == "B":
+        for suffix, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+            if value >= scale:
+                return f"{value / scale:.1f} {suffix}"
+        return f"{value:.0f} B"
+    if unit == "%":
+        return f"{value:.0f}%"
+    return f"{value:,.0f} {unit}".rstrip()
+
+
+def rate(per_second: float | None, unit: str) -> str:
+    """A rate such as ``31.2 tensors/s`` or ``180.4 MB/s`` ('' when unknown)."""
+    if per_second is None or per_second <= 0:
+        return ""
+    if unit == "B":
+        return amount(per_second, "B") + "/s"
+    shown = f"{per_second:.1f}" if per_second < 100 else f"{per_second:,.0f}"
+    return f"{shown} {unit or 'steps'}/s"
+
+
+def duration(seconds: float | None) -> str:
+    """``45 s``, ``3:05``, ``1:02:03``; '' when unknown."""
+    if seconds is None:
+        return ""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{s} s"
+    minutes, s = divmod(s, 60)
+    if minutes < 60:
+        return f"{minutes}:{s:02d}"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{s:02d}"
+
+
+class Bar:
+    """The progress of one step. :meth:`update` sets how much is done (``completed``) or adds
+    to it (``advance``), and may change the ``total``, the ``unit`` or the ``note`` shown
+    after the label (what is being done now). This base class shows nothing (``--quiet``)."""
+
+    def update(
+        self,
+        completed: float | None = None,
+        *,
+        advance: float = 0.0,
+        total: float | None = None,
+        note: str | None = None,
+        unit: str | None = None,
+    ) -> None:
+        """Record progress; thread-safe."""
+
+
+class PlainBar(Bar):
+    """Lines on a stream that is not a terminal (see the module docstring)."""
+
+    def __init__(self, label: str, total: float | None, unit: str, stream: IO[str]) -> None:
+        self.label, self.total, self.unit, self.stream = label, total, unit, stream
+        self.completed = 0.0
+        self.note = ""
+        self.started = time.monotonic()
+        self.last_line = self.started
+        self.tenth = 0
+        self.lock = threading.Lock()
+
+    def update(
+        self,
+        completed: float | None = None,
+        *,
+        advance: float = 0.0,
+        total: float | None = None,
+        note: str | None = None,
+        unit: str | None = None,
+    ) -> None:
+        with self.lock:
+            if unit is not None:
+                self.unit = unit
+            if total is not None:
+                self.total = total
+            if note is not None:
+                self.note = note
+            self.completed = (self.completed if completed is None else completed) + advance
+            if not self.total:
+                return
+            tenth = int(10 * min(self.completed / self.total, 1.0))
+            now = time.monotonic()
+            if tenth > self.tenth and tenth < 10 and now - self.last_line >= PLAIN_MIN_INTERVAL_S:
+                self.tenth, self.last_line = tenth, now
+                self._line(self._running(now))
+
+    def _running(self, now: float) -> str:
+        elapsed = now - self.started
+        per_second = self.completed / elapsed if elapsed > 0 else None
+        left = (self.total or 0) - self.completed
+        eta = left / per_second if per_second else None
+        parts = [
+            f"{100 * self.completed / (self.total or 1):3.0f}%",
+            f"{amount(self.completed, self.unit)} of {amount(self.total or 0, self.unit)}",
+            rate(per_second, self.unit),
+            f"about {duration(eta)} left" if eta is not None else "",
+        ]
+        return "  ".join(p for p in parts if p)
+
+    def finish(self) -> None:
+        """The closing line: how much, how long, how fast."""
+        elapsed = time.monotonic() - self.started
+        per_second = self.completed / elapsed if elapsed > 0 else None
+        done = amount(self.completed, self.unit) if self.completed else ""
+        parts = [f"done in {duration(elapsed)}", done, rate(per_second, self.unit)]
+        self._line("  ".join(p for p in parts if p))
+
+    def _line(self, text: str) -> None:
+        note = f" ({self.note})" if self.note else ""
+        print(f"  {self.label}{note}: {text}", file=self.stream, flush=True)
+
+
+# --------------------------------------------------------------------------------------
+# The live display (rich)
+# --------------------------------------------------------------------------------------
+
+_live_lock = threading.RLock()
+_live: Any = None  # the rich Progress on screen, while any live bar is open
+_live_depth = 0
+
+
+def _columns() -> tuple[Any, ...]:
+    from rich.progress import BarColumn, ProgressColumn, TextColumn
+    from rich.text import Text
+
+    class Amount(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            unit = task.fields.get("unit", "")
+            if task.total is None:
+                return Text(amount(task.completed, unit))
+            if unit == "%":
+                return Text("")
+            return Text(f"{amount(task.completed, unit)}/{amount(task.total, unit)}")
+
+    class Rate(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            unit = task.fields.get("unit", "")
+            if task.finished and task.finished_time:
+                per_second = task.completed / task.finished_time if task.finished_time else None
+            else:
+                per_second = task.speed
+            return Text(rate(per_second, unit) if unit != "%" else "", style="cyan")
+
+    class Time(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            if task.finished:
+                return Text(f"in {duration(task.finished_time or task.elapsed)}", style="green")
+            eta = task.time_remaining
+            return Text(f"ETA {duration(eta)}" if eta is not None else "ETA -", style="yellow")
+
+    return (
+        TextColumn("  {task.description}", markup=False),
+        BarColumn(bar_width=24),
+        TextColumn("{task.percentage:>3.0f}%"),
+        Amount(),
+        Rate(),
+        Time(),
+    )
+
+
+def _description(label: str, note: str) -> str:
+    text = f"{label:<{LABEL_WIDTH}}"
+    return f"{text} {note}" if note else text
+
+
+class LiveBar(Bar):
+    """One task of the shared live display."""
+
+    def __init__(self, progress: Any, label: str, total: float | None, unit: str) -> None:
+        self.progress, self.label = progress, label
+        self.task = progress.add_task(_description(label, ""), total=total, unit=unit)
+
+    def update(
+        self,
+        completed: float | None = None,
+        *,
+        advance: float = 0.0,
+        total: float | None = None,
+        note: str | None = None,
+        unit: str | None = None,
+    ) -> None:
+        fields: dict[str, Any] = {"advance": advance or None}
+        if unit is not None:
+            fields["unit"] = unit
+        if completed is not None:
+            fields["completed"] = completed
+        if total is not None:
+            fields["total"] = total
+        if note is not None:
+            fields["description"] = _description(self.label, note)
+        self.progress.update(self.task, **fields)
+
+    def finish(self) -> None:
+        task = self.progress.tasks[self.task]
+        if task.total is None:
+            self.progress.update(self.task, total=max(task.completed, 1), completed=task.completed)
+        self.progress.update(self.task, completed=task.total)
+        self.progress.stop_task(self.task)
+
+
+@contextlib.contextmanager
+def live_bar(label: str, total: float | None, unit: str, console: Any) -> Iterator[Bar]:
+    """A bar on the live display of ``console`` (a rich Console on stderr), started with the
+    first bar and stopped with the last; a finished bar stays on screen with its time."""
+    global _live, _live_depth
+    from rich.progress import Progress
+
+    with _live_lock:
+        if _live is None:
+            # stdout is for results: only stderr is routed above the live display
+            _live = Progress(
+                *_columns(),
+                console=console,
+                redirect_stdout=False,
+                redirect_stderr=True,
+                speed_estimate_period=10.0,
+            )
+            _live.start()
+        _live_depth += 1
+        bar = LiveBar(_live, label, total, unit)
+    ok = False
+    try:
+        yield bar
+        ok = True
+    finally:
+        with _live_lock:
+            if ok:
+                bar.finish()
+            else:
+                _live.stop_task(bar.task)
+            _live_depth -= 1
+            if _live_depth == 0:
+                _live.stop()
+                _live = None
+
+
+def print_above(message: str) -> bool:
+    """Print ``message`` above the live display when one is on screen (True), so that it
+    does not tear the bars; False when there is none (the caller prints as usual)."""
+    with _live_lock:
+        if _live is None:
+            return False
+        _live.console.print(message, markup=False, highlight=False, emoji=False, soft_wrap=True)
+        return True
+
+
+@contextlib.contextmanager
+def plain_bar(label: str, total: float | None, unit: str) -> Iterator[Bar]:
+    """A :class:`PlainBar` on stderr, closed with its summary line when the step succeeds."""
+    bar = PlainBar(label, total, unit, sys.stderr)
+    yield bar
+    bar.finish()

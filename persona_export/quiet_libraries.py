@@ -1,0 +1,108 @@
+"""Keep the libraries we call from talking over the tool, for the length of one command.
+
+transformers, PEFT, huggingface_hub, torch and accelerate print progress bars (``Loading
+weights: 100%|███| 272/272``), deprecation warnings the user cannot act on
+(``FutureWarning: is_gradient_checkpointing is deprecated``) and notes about the model
+config (``rope_parameters['original_max_position_embeddings']``). None of it is about the
+user's input in a way they can act on; what is, the stages say in their own words through
+:mod:`persona_export.console`. So by default, while a command runs:
+
+* Python warnings are ignored: persona-export itself never uses :mod:`warnings` (it warns
+  through ``console.warn``), so every warning raised during a command is a library's;
+* the libraries' loggers are set to ERROR, their progress bars off, through their own
+  switches (``transformers.utils.logging``, ``huggingface_hub.utils``) when they are
+  already imported, else through the environment variables they read when first imported
+  (``TRANSFORMERS_VERBOSITY``, ``HF_HUB_DISABLE_PROGRESS_BARS``, ``TQDM_DISABLE``), so
+  that nothing heavy is imported just to silence it.
+
+Everything is put back when the command ends (tests run many commands in one process).
+``--verbose`` skips all of this: the libraries then speak as they would on their own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Iterator
+
+# Read by the libraries when they are first imported.
+QUIET_ENV = {
+    "TRANSFORMERS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TQDM_DISABLE": "1",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+}
+# Loggers of the libraries we call (stdlib logging, by name).
+LIBRARY_LOGGERS = (
+    "transformers",
+    "peft",
+    "huggingface_hub",
+    "accelerate",
+    "torch",
+    "safetensors",
+    "tokenizers",
+    "sentencepiece",
+    "gguf",
+    "httpx",
+    "httpcore",
+)
+
+
+def _transformers_bars(enabled: bool | None) -> bool | None:
+    """Set transformers' progress bars on or off (None: leave them); return the previous
+    setting (None when transformers is not imported)."""
+    module = sys.modules.get("transformers.utils.logging")
+    if module is None:
+        return None
+    before = bool(module.is_progress_bar_enabled())
+    if enabled is True:
+        module.enable_progress_bar()
+    elif enabled is False:
+        module.disable_progress_bar()
+    return before
+
+
+def _hub_bars(enabled: bool | None) -> bool | None:
+    """The same for huggingface_hub's progress bars."""
+    module = sys.modules.get("huggingface_hub.utils")
+    if module is None:
+        return None
+    before = not module.are_progress_bars_disabled()
+    if enabled is True:
+        module.enable_progress_bars()
+    elif enabled is False:
+        module.disable_progress_bars()
+    return before
+
+
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Silence the libraries (module docstring) until the block ends, then restore them."""
+    saved_env = {name: os.environ.get(name) for name in QUIET_ENV}
+    loggers = {name: logging.getLogger(name) for name in LIBRARY_LOGGERS}
+    saved_levels = {name: logger.level for name, logger in loggers.items()}
+    bars_before = (_transformers_bars(False), _hub_bars(False))
+    os.environ.update(QUIET_ENV)
+    for logger in loggers.values():
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        for name, logger in loggers.items():
+            logger.setLevel(saved_levels[name])
+        # A library imported during the command read the quiet environment: give it the
+        # setting it would have had (on, unless the user's own environment said off).
+        default_on = saved_env["HF_HUB_DISABLE_PROGRESS_BARS"] in (None, "", "0")
+        transformers_before, hub_before = bars_before
+        _transformers_bars(default_on if transformers_before is None else transformers_before)
+        _hub_bars(default_on if hub_before is None else hub_before)
