@@ -37,12 +37,25 @@ def amount(value: float, unit: str) -> str:
     return f"{value:,.0f} {unit}".rstrip()
 
 
+def amounts(done: float, total: float, unit: str) -> str:
+    """``191/272 tensors``, ``250.0 MB/500.0 MB``, ``45%``."""
+    if unit == "%":
+        return amount(done, unit)
+    if unit == "B":
+        return f"{amount(done, unit)}/{amount(total, unit)}"
+    return f"{done:,.0f}/{amount(total, unit)}"
+
+
 def rate(per_second: float | None, unit: str) -> str:
-    """A rate such as ``31.2 tensors/s`` or ``180.4 MB/s`` ('' when unknown)."""
-    if per_second is None or per_second <= 0:
+    """A rate such as ``31.2 tensors/s`` or ``180.4 MB/s`` ('' when unknown, and for
+    percentages, whose rate tells nothing)."""
+    if per_second is None or per_second <= 0 or unit == "%":
         return ""
     if unit == "B":
         return amount(per_second, "B") + "/s"
+    if per_second < 0.1:  # slow steps read better as time per step
+        one = (unit or "step").removesuffix("s") if unit != "s" else unit
+        return f"{1 / per_second:.0f} s/{one}"
     shown = f"{per_second:.1f}" if per_second < 100 else f"{per_second:,.0f}"
     return f"{shown} {unit or 'steps'}/s"
 
@@ -122,7 +135,7 @@ class PlainBar(Bar):
         eta = left / per_second if per_second else None
         parts = [
             f"{100 * self.completed / (self.total or 1):3.0f}%",
-            f"{amount(self.completed, self.unit)} of {amount(self.total or 0, self.unit)}",
+            "" if self.unit == "%" else amounts(self.completed, self.total or 0, self.unit),
             rate(per_second, self.unit),
             f"about {duration(eta)} left" if eta is not None else "",
         ]
@@ -132,7 +145,7 @@ class PlainBar(Bar):
         """The closing line: how much, how long, how fast."""
         elapsed = time.monotonic() - self.started
         per_second = self.completed / elapsed if elapsed > 0 else None
-        done = amount(self.completed, self.unit) if self.completed else ""
+        done = amount(self.completed, self.unit) if self.completed and self.unit != "%" else ""
         parts = [f"done in {duration(elapsed)}", done, rate(per_second, self.unit)]
         self._line("  ".join(p for p in parts if p))
 
@@ -159,9 +172,7 @@ def _columns() -> tuple[Any, ...]:
             unit = task.fields.get("unit", "")
             if task.total is None:
                 return Text(amount(task.completed, unit))
-            if unit == "%":
-                return Text("")
-            return Text(f"{amount(task.completed, unit)}/{amount(task.total, unit)}")
+            return Text("" if unit == "%" else amounts(task.completed, task.total, unit))
 
     class Rate(ProgressColumn):
         def render(self, task: Any) -> Text:
@@ -170,7 +181,7 @@ def _columns() -> tuple[Any, ...]:
                 per_second = task.completed / task.finished_time if task.finished_time else None
             else:
                 per_second = task.speed
-            return Text(rate(per_second, unit) if unit != "%" else "", style="cyan")
+            return Text(rate(per_second, unit), style="cyan")
 
     class Time(ProgressColumn):
         def render(self, task: Any) -> Text:
@@ -186,12 +197,8 @@ def _columns() -> tuple[Any, ...]:
         Amount(),
         Rate(),
         Time(),
+        TextColumn("{task.fields[note]}", markup=False, style="dim"),
     )
-
-
-def _description(label: str, note: str) -> str:
-    text = f"{label:<{LABEL_WIDTH}}"
-    return f"{text} {note}" if note else text
 
 
 class LiveBar(Bar):
@@ -199,7 +206,7 @@ class LiveBar(Bar):
 
     def __init__(self, progress: Any, label: str, total: float | None, unit: str) -> None:
         self.progress, self.label = progress, label
-        self.task = progress.add_task(_description(label, ""), total=total, unit=unit)
+        self.task = progress.add_task(f"{label:<{LABEL_WIDTH}}", total=total, unit=unit, note="")
 
     def update(
         self,
@@ -218,7 +225,7 @@ class LiveBar(Bar):
         if total is not None:
             fields["total"] = total
         if note is not None:
-            fields["description"] = _description(self.label, note)
+            fields["note"] = note
         self.progress.update(self.task, **fields)
 
     def finish(self) -> None:

@@ -15,6 +15,7 @@ from persona_export.cli import (
     modelfile,
     ollama,
     quantize,
+    status,
     vendor,
     verify,
 )
@@ -31,6 +32,7 @@ COMMANDS = (
     ollama,
     verify,
     export,
+    status,
     demo,
 )
 for _module in COMMANDS:

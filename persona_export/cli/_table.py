@@ -17,6 +17,7 @@ WIDTH = 100
 INDENT = "  "
 GAP = "  "
 MIN_LAST = 24  # the wrapped column never gets narrower than this
+LONG_INDENT = 4  # where a word too wide for the last column starts
 
 
 def size(n: int | None) -> str:
@@ -66,9 +67,16 @@ class Table:
             for i, (cell, w) in enumerate(zip(cells[:-1], self.widths, strict=True))
         ]
         head = self.indent + GAP.join(fixed) + GAP
-        lines = wrap(cells[-1], self.last)
-        out = [(head + lines[0]).rstrip()]
-        out += [(" " * self.lead + line).rstrip() for line in lines[1:]]
+        out = []
+        for number, line in enumerate(wrap(cells[-1], self.last)):
+            lead = head if number == 0 else " " * self.lead
+            if len(line) <= self.last:
+                out.append((lead + line).rstrip())
+                continue
+            # one word (a path) wider than the column: a line of its own, further left
+            if number == 0:
+                out.append(lead.rstrip())
+            out.append(" " * LONG_INDENT + line)
         return out
 
     def under(self, text: str) -> list[str]:
@@ -76,5 +84,4 @@ class Table:
         there, it starts further left, and a path longer than the whole width stays whole."""
         if self.lead + len(text) <= self.width:
             return [" " * self.lead + text]
-        left = len(self.indent) * 2
-        return [" " * left + line for line in wrap(text, self.width - left)]
+        return [" " * LONG_INDENT + line for line in wrap(text, self.width - LONG_INDENT)]
