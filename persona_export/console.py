@@ -144,9 +144,10 @@ def progress(label: str, total: float | None = None, unit: str = "") -> Iterator
     if _mode.quiet:
         yield Bar()
         return
-    live = _live_console()
-    if live is not None:
-        with _progress.live_bar(label, total, unit, live) as bar:
+    joining = _progress.live_active()  # a step within a step: the display on screen
+    terminal = None if joining else _live_console()
+    if joining or terminal is not None:
+        with _progress.live_bar(label, total, unit, terminal) as bar:
             yield bar
         return
     with _progress.plain_bar(label, total, unit) as bar:

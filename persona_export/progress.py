@@ -238,8 +238,8 @@ class LiveBar(Bar):
 
 @contextlib.contextmanager
 def live_bar(label: str, total: float | None, unit: str, console: Any) -> Iterator[Bar]:
-    """A bar on the live display of ``console`` (a rich Console on stderr), started with the
-    first bar and stopped with the last; a finished bar stays on screen with its time."""
+    """A bar on the live display, started (on ``console``, a rich Console on stderr) with
+    the first bar and stopped with the last; a finished bar stays on screen with its time."""
     global _live, _live_depth
     from rich.progress import Progress
 
@@ -270,6 +270,12 @@ def live_bar(label: str, total: float | None, unit: str, console: Any) -> Iterat
             if _live_depth == 0:
                 _live.stop()
                 _live = None
+
+
+def live_active() -> bool:
+    """Whether a live display is on screen (a new bar then joins it)."""
+    with _live_lock:
+        return _live is not None
 
 
 def print_above(message: str) -> bool:
