@@ -15,8 +15,10 @@ user's input in a way they can act on; what is, the stages say in their own word
   (``TRANSFORMERS_VERBOSITY``, ``HF_HUB_DISABLE_PROGRESS_BARS``, ``TQDM_DISABLE``), so
   that nothing heavy is imported just to silence it.
 
-Everything is put back when the command ends (tests run many commands in one process).
-``--verbose`` skips all of this: the libraries then speak as they would on their own.
+Everything is put back when the command ends (tests run many commands in one process),
+except what a library first imported during the command read from the environment at its
+import (huggingface_hub's and tqdm's switch for their bars). ``--verbose`` skips all of
+this: the libraries then speak as they would on their own.
 """
 
 from __future__ import annotations
@@ -88,21 +90,24 @@ def quiet_libraries() -> Iterator[None]:
     os.environ.update(QUIET_ENV)
     for logger in loggers.values():
         logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
             yield
-    finally:
-        for name, value in saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        for name, logger in loggers.items():
-            logger.setLevel(saved_levels[name])
-        # A library imported during the command read the quiet environment: give it the
-        # setting it would have had (on, unless the user's own environment said off).
-        default_on = saved_env["HF_HUB_DISABLE_PROGRESS_BARS"] in (None, "", "0")
-        transformers_before, hub_before = bars_before
-        _transformers_bars(default_on if transformers_before is None else transformers_before)
-        _hub_bars(default_on if hub_before is None else hub_before)
+        finally:
+            for name, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            for name, logger in loggers.items():
+                logger.setLevel(saved_levels[name])
+            # Give a library imported during the command the setting it would have had (on,
+            # unless the user's environment said off). huggingface_hub and tqdm read the
+            # environment once, at import: theirs stay off for the rest of the process (the
+            # command line runs one command per process), and huggingface_hub's warning that
+            # it cannot turn them on is one of those this block keeps quiet.
+            default_on = saved_env["HF_HUB_DISABLE_PROGRESS_BARS"] in (None, "", "0")
+            transformers_before, hub_before = bars_before
+            _transformers_bars(default_on if transformers_before is None else transformers_before)
+            _hub_bars(default_on if hub_before is None else hub_before)

@@ -98,52 +98,51 @@ def test_vendor_document() -> None:
 @pytest.mark.llama
 @pytest.mark.slow
 def test_every_stage_command_prints_its_result(tmp_path: Path, exported_project: Project) -> None:
-    """merge, gguf, quantize, modelfile, verify, ollama, export and status on an exported tiny
-    persona, each with --json: every document is valid and says what the stage did."""
+    """export, then merge, gguf, quantize, modelfile, verify, ollama and status on the
+    exported tiny persona, each with --json: every document is valid and says what the
+    stage did."""
     project = copy_project(exported_project, tmp_path / "p")
     dirs = layout_args(project.layout)
     persona = ["--persona", PERSONA]
-    runs = {
-        "merge": [*persona, "--base-model-id", str(project.base)],
-        "gguf": persona,
-        "quantize": [*persona, "--type", "Q4_K_M", "--type", "Q8_0"],
-        "modelfile": [*persona, "--personas", str(project.personas_file)],
-        "verify": [*persona, "--max-tokens", "48"],
-        "ollama": [*persona, "--personas", str(project.personas_file)],
-    }
-    statuses = {}
-    for command, args in runs.items():
-        folders = dirs[:4] if command == "merge" else dirs  # merge writes no GGUF
-        run = CliRunner().invoke(app, [command, *args, *folders, "--json"])
-        assert run.exit_code == 0, (command, run.output)
-        result = document(run, command)["result"]
-        assert result["stage"] == command and result["persona"] == PERSONA
-        statuses[command] = result["status"]
-        for output, size in result["output_bytes"].items():
-            assert size == _size(Path(output)), output
-    # The Modelfile's comment names the folder its chat format was read from, so in this
-    # copy of the project it is written again.
-    assert statuses == {
-        "merge": "up to date",
-        "gguf": "up to date",
-        "quantize": "up to date",
-        "modelfile": "done",
-        "verify": "done",
-        "ollama": "not run",  # no Ollama here (conftest)
-    }
+    base = ["--base-model-id", str(project.base)]
+    personas = ["--personas", str(project.personas_file)]
     export = CliRunner().invoke(
         app,
-        ["export", *persona, *dirs, "--base-model-id", str(project.base), "--personas",
-         str(project.personas_file), "--quant", "Q4_K_M", "--quant", "Q8_0", "--max-tokens",
-         "48", "--json"],
+        ["export", *persona, *dirs, *base, *personas, "--quant", "Q4_K_M", "--quant", "Q8_0",
+         "--max-tokens", "48", "--json"],
     )  # fmt: skip
     assert export.exit_code == 0, export.output
     (done,) = document(export, "export")["personas"]
-    assert [s["status"] for s in done["stages"]][:5] == ["up to date"] * 5
+    # The Modelfile's comment names the folder its chat format was read from, so in this
+    # copy of the project it is written again, and verified again.
+    assert [s["status"] for s in done["stages"]] == [
+        "up to date", "up to date", "up to date", "done", "done", "not run"
+    ]  # fmt: skip
+    assert "cap: exported in " in export.stderr  # the summary went to stderr
+    runs = {
+        "merge": [*persona, *base, *dirs[:4]],  # merge writes no GGUF: no --gguf-dir
+        "gguf": [*persona, *dirs],
+        "quantize": [*persona, "--type", "Q4_K_M", "--type", "Q8_0", *dirs],
+        "modelfile": [*persona, *personas, *dirs],
+        "verify": [*persona, *base, "--max-tokens", "48", *dirs],
+        "ollama": [*persona, *personas, *dirs],
+    }
+    for command, args in runs.items():
+        run = CliRunner().invoke(app, [command, *args, "--json"])
+        assert run.exit_code == 0, (command, run.output)
+        result = document(run, command)["result"]
+        assert result["stage"] == command and result["persona"] == PERSONA
+        # no Ollama here (conftest): registration is not run
+        assert result["status"] == ("not run" if command == "ollama" else "up to date"), command
+        for output, size in result["output_bytes"].items():
+            assert size == _size(Path(output)), output
     status = CliRunner().invoke(app, ["status", *dirs, "--json"])
     (found,) = document(status, "status")["personas"]
     assert [s["state"] for s in found["stages"]] == ["up to date"] * 5
     assert found["verify"]["passed"] is True and found["quant"] == "Q4_K_M"
+    assert (
+        found["registered"] is None and document(status, "status")["ollama"]["reachable"] is False
+    )
 
 
 def _size(path: Path) -> int:
