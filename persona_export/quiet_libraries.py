@@ -28,7 +28,7 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 # Read by the libraries when they are first imported.
 QUIET_ENV = {
@@ -51,6 +51,28 @@ LIBRARY_LOGGERS = (
     "httpx",
     "httpcore",
 )
+
+
+# While a command runs: the variables set here, with the value each had before (None: unset),
+# so that the programs the command starts get the environment as it was (child_env).
+_set_here: dict[str, str | None] = {}
+
+
+def child_env(env: Mapping[str, str] | None) -> dict[str, str] | None:
+    """The environment for a child program: ``env`` (None: this process's), without the
+    variables :func:`quiet_libraries` set (each as it was before). None when there is
+    nothing to take out, which lets the child inherit as usual."""
+    if not _set_here:
+        return None if env is None else dict(env)
+    found = dict(os.environ if env is None else env)
+    for name, before in _set_here.items():
+        if found.get(name) != QUIET_ENV[name]:
+            continue  # the caller chose its own value
+        if before is None:
+            found.pop(name, None)
+        else:
+            found[name] = before
+    return found
 
 
 def _transformers_bars(enabled: bool | None) -> bool | None:
@@ -88,6 +110,7 @@ def quiet_libraries() -> Iterator[None]:
     saved_levels = {name: logger.level for name, logger in loggers.items()}
     bars_before = (_transformers_bars(False), _hub_bars(False))
     os.environ.update(QUIET_ENV)
+    _set_here.update(saved_env)
     for logger in loggers.values():
         logger.setLevel(logging.ERROR)
     with warnings.catch_warnings():
@@ -95,6 +118,7 @@ def quiet_libraries() -> Iterator[None]:
         try:
             yield
         finally:
+            _set_here.clear()
             for name, value in saved_env.items():
                 if value is None:
                     os.environ.pop(name, None)

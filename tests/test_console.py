@@ -152,3 +152,20 @@ def test_quiet_libraries_silences_and_restores() -> None:
         assert len(seen) == 2
     assert {name: os.environ.get(name) for name in QUIET_ENV} == env_before
     assert {name: logging.getLogger(name).level for name in LIBRARY_LOGGERS} == levels_before
+
+
+def test_child_programs_get_the_environment_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The converter's own tqdm bar is how its progress is read: the quiet settings of this
+    process must not reach the programs it starts."""
+    import sys
+
+    from persona_export import proc
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    monkeypatch.setenv("TRANSFORMERS_VERBOSITY", "info")  # the user's own value
+    show = "import os; print(os.environ.get('TQDM_DISABLE'), os.environ['TRANSFORMERS_VERBOSITY'])"
+    with console.output_mode(Mode()):
+        assert os.environ["TQDM_DISABLE"] == "1"
+        plain = proc.run([sys.executable, "-c", show], what="child").output
+        given = proc.run([sys.executable, "-c", show], what="child", env={"X": "1"}).output
+    assert plain == given == "None info\n"

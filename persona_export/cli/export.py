@@ -60,7 +60,8 @@ def _files(outputs: tuple[Path, ...]) -> list[str]:
 
 def summary_lines(export: PersonaExport) -> list[str]:
     """The summary of one persona, in :data:`~persona_export.cli._table.WIDTH` columns: a
-    row per stage (status, time, detail), its files under it, then the verify table.
+    row per stage (status, time, detail), its files and warnings under it, then the verify
+    table.
     Built from each stage's generic fields, so a stage's new figures need nothing here."""
     state = "exported" if export.ok else "FAILED"
     lines = [f"{export.persona}: {state} in {export.seconds:.1f} s"]
@@ -73,6 +74,8 @@ def summary_lines(export: PersonaExport) -> list[str]:
         lines += table.row(row)
         for entry in _files(stage.outputs):
             lines += table.under(entry)
+        for message in stage.warnings:  # shown as they happened too, long scrolled away
+            lines += table.row(("", "", "", f"warning: {message}"))
     if export.verify is not None:
         lines += check_lines(export.verify.checks, indent="  ")
     return lines
