@@ -142,11 +142,17 @@ class PlainBar(Bar):
         return "  ".join(p for p in parts if p)
 
     def finish(self) -> None:
-        """The closing line: how much, how long, how fast."""
+        """The closing line: how much, how long, how fast (and where it stopped, when the step
+        ended short of its total: an engine of verify that failed)."""
         elapsed = time.monotonic() - self.started
         per_second = self.completed / elapsed if elapsed > 0 else None
         done = amount(self.completed, self.unit) if self.completed and self.unit != "%" else ""
         parts = [f"done in {duration(elapsed)}", done, rate(per_second, self.unit)]
+        if self.total and self.completed < self.total:
+            where = f"{100 * self.completed / self.total:.0f}%"
+            if self.unit != "%":
+                where += f" ({amounts(self.completed, self.total, self.unit)})"
+            parts = [f"ended at {where} after {duration(elapsed)}"]
         self._line("  ".join(p for p in parts if p))
 
     def _line(self, text: str) -> None:
@@ -174,20 +180,27 @@ def _columns() -> tuple[Any, ...]:
                 return Text(amount(task.completed, unit))
             return Text("" if unit == "%" else amounts(task.completed, task.total, unit))
 
+    def mean_rate(task: Any) -> float | None:
+        """Done over time taken: rich's own estimate looks at the last few seconds only, and
+        has none for steps slower than that (verify's engines)."""
+        elapsed = task.finished_time if task.finished else task.elapsed
+        return task.completed / elapsed if elapsed and task.completed else None
+
     class Rate(ProgressColumn):
         def render(self, task: Any) -> Text:
             unit = task.fields.get("unit", "")
-            if task.finished and task.finished_time:
-                per_second = task.completed / task.finished_time if task.finished_time else None
-            else:
-                per_second = task.speed
+            per_second = mean_rate(task) if task.finished else task.speed or mean_rate(task)
             return Text(rate(per_second, unit), style="cyan")
 
     class Time(ProgressColumn):
         def render(self, task: Any) -> Text:
             if task.finished:
                 return Text(f"in {duration(task.finished_time or task.elapsed)}", style="green")
+            if task.stop_time is not None:
+                return Text(f"stopped after {duration(task.elapsed)}", style="red")
             eta = task.time_remaining
+            if eta is None and task.total is not None and (per_second := mean_rate(task)):
+                eta = (task.total - task.completed) / per_second
             return Text(f"ETA {duration(eta)}" if eta is not None else "ETA -", style="yellow")
 
     return (
@@ -229,10 +242,11 @@ class LiveBar(Bar):
         self.progress.update(self.task, **fields)
 
     def finish(self) -> None:
+        """A step that ended: a bar without a total gets what was done as its total; one
+        that ended short of its total stays where it stopped (shown as stopped)."""
         task = self.progress.tasks[self.task]
         if task.total is None:
-            self.progress.update(self.task, total=max(task.completed, 1), completed=task.completed)
-        self.progress.update(self.task, completed=task.total)
+            self.progress.update(self.task, total=max(task.completed, 1))
         self.progress.stop_task(self.task)
 
 

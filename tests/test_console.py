@@ -63,6 +63,20 @@ def test_a_failed_step_leaves_no_closing_line(
     assert not any("done in" in line for line in lines)
 
 
+def test_a_step_that_ends_short_says_where_it_stopped(
+    capsys: pytest.CaptureFixture[str], every_line: None
+) -> None:
+    with console.progress("verifying", total=11, unit="steps") as bar:
+        bar.update(8)  # a failed engine: the rest of the steps were not run
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert re.fullmatch(r"  verifying: ended at 73% \(8/11 steps\) after .+", last), last
+    terminal, buffer = _terminal()
+    with progress.live_bar("verifying", 11, "steps", terminal) as live:
+        live.update(8)
+    final = [line for line in buffer.getvalue().splitlines() if "8/11 steps" in line][-1]
+    assert " 73% " in final and "stopped after " in final, final
+
+
 def test_note_says_what_runs_now(capsys: pytest.CaptureFixture[str], every_line: None) -> None:
     with console.progress("verifying", total=2, unit="steps") as bar:
         bar.update(advance=1, note="F16 through llama.cpp")

@@ -285,5 +285,6 @@ def _epochs(
             f"  epoch {epoch + 1}: loss {losses[-1]:.3f} ({time.monotonic() - started:.0f} s)"
         )
         if losses[-1] < s["target_loss"]:
+            bar.update(total=steps)  # done early: the loss is there
             break
     return losses, steps
