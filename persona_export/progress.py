@@ -171,6 +171,7 @@ _live_depth = 0
 
 def _columns() -> tuple[Any, ...]:
     from rich.progress import BarColumn, ProgressColumn, TextColumn
+    from rich.table import Column
     from rich.text import Text
 
     class Amount(ProgressColumn):
@@ -203,14 +204,23 @@ def _columns() -> tuple[Any, ...]:
                 eta = (task.total - task.completed) / per_second
             return Text(f"ETA {duration(eta)}" if eta is not None else "ETA -", style="yellow")
 
+    class Note(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            note = str(task.fields.get("note", ""))
+            return Text(note, style="dim", no_wrap=True, overflow="ellipsis")
+
+    def fixed() -> Column:
+        return Column(no_wrap=True)
+
+    # only the note gives way (cut with an ellipsis) when the terminal is narrow
     return (
-        TextColumn("  {task.description}", markup=False),
-        BarColumn(bar_width=24),
-        TextColumn("{task.percentage:>3.0f}%"),
-        Amount(),
-        Rate(),
-        Time(),
-        TextColumn("{task.fields[note]}", markup=False, style="dim"),
+        TextColumn("  {task.description}", markup=False, table_column=fixed()),
+        BarColumn(bar_width=24, table_column=fixed()),
+        TextColumn("{task.percentage:>3.0f}%", table_column=fixed()),
+        Amount(table_column=fixed()),
+        Rate(table_column=fixed()),
+        Time(table_column=fixed()),
+        Note(table_column=Column(min_width=1)),  # the one column that may shrink
     )
 
 

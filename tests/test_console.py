@@ -134,6 +134,18 @@ def test_live_bar_draws_in_place_and_keeps_the_finished_bar() -> None:
     assert "warning: careful" in screen
 
 
+def test_a_long_note_gives_way_on_a_narrow_terminal() -> None:
+    from rich.console import Console
+
+    buffer = io.StringIO()
+    terminal = Console(file=buffer, force_terminal=True, width=100, color_system=None)
+    with progress.live_bar("verifying", 11, "steps", terminal) as bar:
+        bar.update(11, note="greedy answer 4/4, at most 384 tokens, " * 3)
+    final = [line for line in buffer.getvalue().splitlines() if "11/11 steps" in line][-1]
+    assert re.search(r"11/11 steps .* in [\d.]+ s", final), final  # time not cut or wrapped
+    assert len(final.split("\r")[-1].split("\x1b[2K")[-1].rstrip()) <= 100
+
+
 def test_nested_live_bars_share_one_display() -> None:
     terminal, buffer = _terminal()
     with progress.live_bar("verifying", 3, "steps", terminal) as outer:

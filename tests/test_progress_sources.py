@@ -70,3 +70,5 @@ def test_verify_steps_count_each_engine_once() -> None:
     # the first step starts at 0; each next one counts the one before as done
     assert [c.get("advance", 0) for c in bar.calls] == [0, 1, 1, 1, 1, 1, 1]
     assert bar.calls[-1]["note"] == "answer 1"
+    steps.finish()  # the checks are over: the last step counts too
+    assert sum(c.get("advance", 0) for c in bar.calls) == 7

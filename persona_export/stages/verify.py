@@ -359,6 +359,7 @@ def _run_checks(config: VerifyConfig, plan: _Plan) -> tuple[Check, ...]:
                         log_dir=scratch,
                         steps=steps,
                     )
+                    steps.finish()
             records = hashing.result()
             changed = _changed_inputs(artifact.inputs, before)
             if changed:

@@ -47,6 +47,12 @@ class Steps:
         self.bar.update(advance=1 if self.started else 0, note=note)
         self.started = True
 
+    def finish(self) -> None:
+        """Count the last step as done (the checks are over)."""
+        if self.started:
+            self.bar.update(advance=1, note="")
+        self.started = False
+
 
 def step_count(quants: int, prompts: int) -> int:
     """How many :class:`Steps` a verify takes: merged model, PEFT, the unquantized GGUF,
@@ -147,13 +153,13 @@ def _go_template_check(
 ) -> tuple[Check, list[str | None] | None]:
     from persona_export.ollama.gotemplate import GO_MISSING, find_renderer
 
+    steps.next("Modelfile TEMPLATE through Go text/template")  # counted, run or not
     if modelfile.template is None:
         message = f"{modelfile.path} has no TEMPLATE: Ollama would guess the chat format"
         return Check("template-modelfile", FAILED, message, {}), None
     renderer = find_renderer()
     if renderer is None:
         return Check("template-modelfile", SKIPPED, f"not run: {GO_MISSING}", {}), None
-    steps.next("Modelfile TEMPLATE through Go text/template")
     rendered = renderer.render_many(
         [(modelfile.template, p.turns, modelfile.system or "") for p in prompts]
     )
