@@ -172,10 +172,11 @@ def _judge(units: list[_Unit]) -> None:
             for p in map(str, paths.values())
             if p in produced and produced[p].survey.state in (STALE, UNKNOWN)
         }
-        for name, before in upstream.items():
-            state = before.survey.state
+        if upstream:  # the earliest stage it read from that is stale: the cause
+            name, before = min(upstream.items(), key=lambda item: CHAIN.index(item[0]))
+            state = max((u.survey.state for u in upstream.values()), key=_RANK.__getitem__)
             if _RANK[state] >= _RANK[unit.survey.state]:
-                reason = f"after {name}, which is {state}"
+                reason = f"after {name}, which is {before.survey.state}"
                 if unit.survey.reason and unit.survey.state == state:
                     reason = f"{unit.survey.reason}; {reason}"
                 unit.survey = Survey(state, unit.survey.changes, reason)
