@@ -22,6 +22,7 @@ FUZZ_EXAMPLES ?= 300
 MERGE_ARGS  ?=
 EXPORT_ARGS ?=
 OLLAMA_ARGS ?=
+STATUS_ARGS ?=
 # a personas TOML of your own, read after templates/personas.toml and ./personas.toml
 PERSONAS    ?=
 
@@ -34,7 +35,7 @@ DIRS      := --adapter-dir $(ADAPTER_DIR) --output-dir-base $(MERGED_DIR) --gguf
 
 .PHONY: help setup vendor test test-fast fuzz lint format demo bench bench-merge bench-gguf \
         bench-chain bench-export \
-        merge gguf quantize modelfile ollama verify export doctor clean-build need-persona
+        merge gguf quantize modelfile ollama verify export status doctor clean-build need-persona
 
 help:
 	@echo "make setup                       virtualenv, CPU torch, package + dev extras, llama.cpp tools"
@@ -42,6 +43,7 @@ help:
 	@echo "make test                        every test (slow ones included), after setup"
 	@echo "make fuzz                        malformed inputs against the commands (FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) each)"
 	@echo "make lint                        ruff + mypy"
+	@echo "make status                      every persona: what is exported, stale (and why), verified, registered"
 	@echo "make persona=NAME merge|gguf|quantize|modelfile|ollama|verify"
 	@echo "                                 run the chain up to that stage (QUANT=$(QUANT), BASE_MODEL=...)"
 	@echo "make bench-merge|bench-gguf|bench-chain|bench-export"
@@ -115,6 +117,15 @@ verify: need-persona $(MODELFILE)
 
 export: need-persona setup
 	$(PE) export --persona $(persona) --base-model-id $(BASE_MODEL) --quant $(QUANT) $(DIRS) $(if $(PERSONAS),--personas $(PERSONAS)) $(EXPORT_ARGS)
+
+# every persona of the project (and of the demo, once `make demo` made demo_work/): what is
+# exported, what is stale and why, verify's verdict, whether Ollama has the model
+DEMO_DIRS := --adapter-dir demo_work/trained_adapters --output-dir-base demo_work/merged_models \
+             --gguf-dir demo_work/gguf_models
+status: $(STAMP)
+	$(PE) status $(DIRS) $(STATUS_ARGS)
+	@if [ -d demo_work/gguf_models ]; then echo; echo "demo_work/ (make demo):"; \
+	  $(PE) status $(DEMO_DIRS) $(STATUS_ARGS); fi
 
 # --- demo and benchmarks ------------------------------------------------------------------
 demo: setup

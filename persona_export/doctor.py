@@ -16,6 +16,7 @@ REQUIRED_PACKAGES = (
     "safetensors",
     "gguf",
     "typer",
+    "rich",
     "jinja2",
     "sentencepiece",
     "protobuf",

@@ -23,6 +23,7 @@ from typing import IO, Any
 
 from persona_export import console
 from persona_export.errors import ExternalToolError, ToolMissingError
+from persona_export.quiet_libraries import child_env
 
 # Seconds a child has to exit after SIGTERM before it is sent SIGKILL.
 STOP_GRACE_S = 5.0
@@ -99,6 +100,8 @@ def start(
     started, and a Ctrl-C in the terminal reaches us, not it). Raises ToolMissingError when
     the program does not exist."""
     console.command(argv)
+    # the environment as the user has it, not as quiet_libraries set it for this process
+    popen["env"] = child_env(popen.get("env"))
     try:
         return subprocess.Popen(
             list(argv),

@@ -47,10 +47,12 @@ def install_stand_in(bin_dir: Path, record: Path) -> Path:
 
 
 class StandInOllama(BaseHTTPRequestHandler):
-    """/api/version, /api/blobs/sha256:<hex> and /api/create, checking what they receive.
+    """/api/version, /api/tags, /api/blobs/sha256:<hex> and /api/create, checking what they
+    receive.
 
     ``create_reply``: (HTTP status, body bytes, content type) to answer /api/create with
-    instead of success; ``hang``: paths it never answers (until ``release`` is set).
+    instead of success; ``hang``: paths it never answers (until ``release`` is set);
+    ``tags``: models /api/tags lists beside those created.
     """
 
     blobs: dict[str, bytes]
@@ -61,6 +63,7 @@ class StandInOllama(BaseHTTPRequestHandler):
     hang: set[str]
     release: threading.Event
     version: str
+    tags: list[str]
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
@@ -98,6 +101,10 @@ class StandInOllama(BaseHTTPRequestHandler):
             return
         if self.path == "/api/version":
             self._reply(200, {"version": self.version})
+        elif self.path == "/api/tags":  # what was created, as Ollama lists it (name:tag)
+            created = [str(c.get("model", "")) for c in self.creates]
+            names = [*self.tags, *(n if ":" in n else f"{n}:latest" for n in created)]
+            self._reply(200, {"models": [{"name": n, "model": n} for n in names]})
         else:
             self._reply(404, {"error": "not found"})
 
@@ -161,6 +168,7 @@ def stand_in_server() -> Iterator[tuple[str, type[StandInOllama]]]:
             "hang": set(),
             "release": threading.Event(),
             "version": "0.9.9",
+            "tags": [],
         },
     )
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)

@@ -143,3 +143,43 @@ def test_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert "license: apache-2.0" in shared.stdout
     assert "| generation | passed: " in shared.stdout
     assert "warning" not in shared.stderr
+
+    # --json: the same run as one document (valid against the documented keys)
+    from jsonschema import Draft202012Validator
+
+    from persona_export.cli.json_schema import schema
+
+    as_json = CliRunner().invoke(app, ["demo", "--work-dir", str(work), "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    data = json.loads(as_json.stdout)
+    Draft202012Validator(schema("demo")).validate(data)
+    assert data["demo"]["answer"]["text"] == answer and data["demo"]["trained"] is False
+    assert [s["status"] for s in data["export"]["stages"]][:5] == ["up to date"] * 5
+    assert lines[-1] in as_json.stderr  # the human text went to stderr
+
+    # status: the demo persona is up to date; a retrained adapter makes it stale from merge on
+    dirs = ["--adapter-dir", str(work / "trained_adapters"), "--output-dir-base"]
+    dirs += [str(work / "merged_models"), "--gguf-dir", str(work / "gguf_models"), "--no-ollama"]
+    status = CliRunner().invoke(app, ["status", *dirs, "--json"])
+    (found,) = json.loads(status.stdout)["personas"]
+    assert [s["state"] for s in found["stages"]] == ["up to date"] * 5
+    _change_a_weight(adapter / "adapter_model.safetensors")
+    status = CliRunner().invoke(app, ["status", *dirs, "--json"])
+    (found,) = json.loads(status.stdout)["personas"]
+    assert [s["state"] for s in found["stages"]] == ["stale"] * 5
+    assert found["stages"][0]["reason"] == "adapter/adapter_model.safetensors changed (content)"
+
+
+def _change_a_weight(path: Path) -> None:
+    """One LoRA weight changed in place (same size, a later time), as a retraining does."""
+    import os
+
+    from safetensors.torch import load_file, save_file
+
+    before = path.stat()
+    tensors = load_file(str(path))
+    name = sorted(tensors)[0]
+    tensors[name][0, 0] += 1.0
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    assert path.stat().st_size == before.st_size
+    os.utime(path, ns=(before.st_mtime_ns + 10**9, before.st_mtime_ns + 10**9))

@@ -37,7 +37,13 @@ from persona_export.artifacts.files import (
     write_json_atomic,
 )
 from persona_export.artifacts.hashing import BackgroundRecords
-from persona_export.artifacts.manifest import Manifest, manifest_path_for, matches, well_formed
+from persona_export.artifacts.manifest import (
+    Manifest,
+    input_locations,
+    manifest_path_for,
+    matches,
+    well_formed,
+)
 from persona_export.errors import OutputConflictError
 
 
@@ -95,12 +101,25 @@ class Artifact:
         (inputs by content, hashes cached by size and mtime; outputs by size and mtime)."""
         if force or not (self.path.is_dir() if self.folder else self.path.is_file()):
             return False
-        return matches(
-            self.recorded(),
-            options=self.options,
-            inputs=self.inputs,
-            outputs=self.current_outputs(),
-        )
+        recorded = self.recorded()
+        if not matches(
+            recorded, options=self.options, inputs=self.inputs, outputs=self.current_outputs()
+        ):
+            return False
+        assert recorded is not None
+        self._add_input_paths(recorded)
+        return True
+
+    def _add_input_paths(self, recorded: dict[str, Any]) -> None:
+        """Record where the inputs are in an up-to-date manifest written before manifests
+        said so (once), so that ``status`` can check it by ``stat`` from then on. Nothing
+        that makes the output up to date changes; a manifest that cannot be written (a
+        read-only folder) is left as it is."""
+        if "input_paths" in recorded:
+            return
+        located = input_locations(self.inputs, self.manifest.parent)
+        with contextlib.suppress(OSError):
+            write_json_atomic(self.manifest, {**recorded, **located})
 
     # -- replacing safely -----------------------------------------------------------------
 
@@ -235,6 +254,8 @@ class Writing:
             outputs=recorded,
             seconds=time.monotonic() - self.started if seconds is None else seconds,
             extra=extra,
+            input_paths={k: p for k, p in artifact.inputs.items() if k in inputs},
+            written_in=artifact.manifest.parent,
         ).to_json()
         target = self.tmp / DIR_MANIFEST if artifact.folder else artifact.manifest
         write_json_atomic(target, manifest)

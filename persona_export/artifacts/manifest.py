@@ -9,9 +9,10 @@ an unchanged multi-GB input costs a ``stat``), outputs unchanged since they were
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,10 @@ class Manifest:
 
     ``inputs`` and ``outputs`` map a name to a file record; ``options`` is any JSON-able
     dict that changes the output when it changes; ``extra`` holds the stage's figures.
+    ``input_paths`` says where each input was (absolute) and ``written_in`` where the
+    manifest was written, so that ``status`` can compare each input with the file there now
+    by a ``stat``, also in a project folder that was moved since (artifacts/survey.py); they
+    are not part of what makes an output up to date.
     """
 
     stage: str
@@ -33,6 +38,8 @@ class Manifest:
     outputs: Mapping[str, FileRecord]
     seconds: float
     extra: Mapping[str, Any]
+    input_paths: Mapping[str, Path] = field(default_factory=dict)
+    written_in: Path | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -43,8 +50,20 @@ class Manifest:
             "options": dict(self.options),
             "inputs": {k: v.to_json() for k, v in self.inputs.items()},
             "outputs": {k: v.to_json() for k, v in self.outputs.items()},
+            **(input_locations(self.input_paths, self.written_in) if self.input_paths else {}),
             **dict(self.extra),
         }
+
+
+def input_locations(paths: Mapping[str, Path], written_in: Path | None) -> dict[str, Any]:
+    """The manifest keys ``input_paths`` and ``written_in`` (absolute; abspath, not resolve:
+    a link the user made stays what they named)."""
+    located: dict[str, Any] = {
+        "input_paths": {name: os.path.abspath(path) for name, path in paths.items()}
+    }
+    if written_in is not None:
+        located["written_in"] = os.path.abspath(written_in)
+    return located
 
 
 def manifest_path_for(artifact: Path) -> Path:

@@ -10,11 +10,9 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from persona_export.console import DEBUG_VAR, debug_enabled
+from persona_export.cli._output import TERMINATED, describe_error
+from persona_export.console import debug_enabled
 from persona_export.errors import PersonaExportError, Terminated
-
-INTERRUPTED = "interrupted; outputs of the unfinished stage were discarded"
-TERMINATED = "terminated; outputs of the unfinished stage were discarded"
 
 
 def report_error(message: str, hint: str = "") -> None:
@@ -28,7 +26,8 @@ class HandledGroup(TyperGroup):
     """Runs every command under the handler: known errors become a one-line message, a
     hint and their exit code (1, or 2 for usage errors); the traceback only with
     PERSONA_EXPORT_DEBUG=1. Ctrl-C exits 130 and SIGTERM 143, each with one line, after the
-    cleanups of the unfinished stage have run."""
+    cleanups of the unfinished stage have run. (With ``--json`` the command's document,
+    printed before this, carries the same message and exit code: cli/_output.py.)"""
 
     def list_commands(self, ctx: Any) -> list[str]:
         return list(self.commands)  # the order they were added, which is pipeline order
@@ -36,33 +35,20 @@ class HandledGroup(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except PersonaExportError as exc:
-            if debug_enabled():
-                traceback.print_exc()
-            report_error(exc.message, exc.hint)
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            typer.echo(INTERRUPTED, err=True)
-            raise typer.Exit(130) from None
-        except Terminated:
-            typer.echo(TERMINATED, err=True)
-            raise typer.Exit(Terminated.exit_code) from None
-        except OSError as exc:
-            if debug_enabled():
-                traceback.print_exc()
-            report_error(str(exc), "check the path, free disk space and permissions")
-            raise typer.Exit(1) from None
         except (typer.TyperException, typer.Exit, typer.Abort):
             raise
-        except Exception as exc:  # a bug: still one line unless debugging
+        except (KeyboardInterrupt, Terminated) as exc:
+            code, message, _ = describe_error(exc)
+            typer.echo(message, err=True)
+            raise typer.Exit(code) from None
+        except Exception as exc:
             if debug_enabled():
-                raise
-            report_error(
-                f"internal error: {type(exc).__name__}: {exc}",
-                f"this is a bug in persona-export; rerun with {DEBUG_VAR}=1 for the traceback "
-                "and report it",
-            )
-            raise typer.Exit(1) from None
+                if not isinstance(exc, (PersonaExportError, OSError)):
+                    raise  # a bug: Python's own traceback
+                traceback.print_exc()
+            code, message, hint = describe_error(exc)
+            report_error(message, hint)
+            raise typer.Exit(code) from None
 
 
 app = typer.Typer(

@@ -174,3 +174,27 @@ def work_layout(work_dir: Path | None, merged_dir: Path, gguf_dir: Path) -> Layo
             f"e.g. --work-dir {work_dir}",
         )
     return layout(work_dir / ADAPTER_DIR, work_dir / MERGED_DIR, work_dir / GGUF_DIR)
+
+
+# Every command takes these three (added by cli/_output.with_output_options).
+JsonOutput = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="Print one JSON document on stdout (its keys: README, 'JSON output'); every other "
+        "line goes to stderr.",
+    ),
+]
+Quiet = Annotated[
+    bool,
+    typer.Option("--quiet", help="Show only warnings, errors and the result (no progress)."),
+]
+Verbose = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        "-v",
+        help="Also show the external commands run and the libraries' own output (their "
+        "progress bars and warnings).",
+    ),
+]

@@ -13,6 +13,7 @@ from persona_export.cli._options import (
     WorkDir,
     work_layout,
 )
+from persona_export.cli._output import record
 
 EPILOG = "Example: persona-export card --persona captain_codebeard   (export runs it after verify)"
 
@@ -33,6 +34,7 @@ def card(
     result = run(
         CardConfig(persona, layout=work_layout(work_dir, merged_dir, gguf_dir), force=force)
     )
+    record(result=result.to_json())
     if result.up_to_date:
         console.info(f"{result.card} is up to date (use --force to write it again)")
     for path in (result.card, *result.hub_files):

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from persona_export import console
+from persona_export.cli._output import record
 
 EPILOG = "Example: persona-export demo   (or: make demo)"
 
@@ -60,6 +61,27 @@ def demo(
             retrain=retrain,
             force=force,
         )
+    )
+    answer_json = None
+    if result.answer is not None:
+        a = result.answer
+        answer_json = {
+            "question": a.question,
+            "text": a.text,
+            "stop_type": a.stop_type,
+            "stopping_word": a.stopping_word,
+            "tokens": a.tokens,
+            "rendered_by": a.rendered_by,
+        }
+    record(
+        demo={
+            "base_dir": str(result.base_dir),
+            "adapter_dir": str(result.adapter_dir),
+            "trained": result.trained,
+            "step_seconds": {k: round(v, 3) for k, v in result.step_seconds.items()},
+            "answer": answer_json,
+        },
+        export=result.export.to_json(),
     )
     for line in summary_lines(result.export):
         console.out(line)

@@ -31,6 +31,8 @@ from persona_export.cli._options import (
     layout,
     upper,
 )
+from persona_export.cli._output import record
+from persona_export.cli._table import Table, size
 from persona_export.cli.verify import check_lines
 from persona_export.stages.export import DEFAULT_MAX_TOKENS, PersonaExport
 
@@ -40,41 +42,42 @@ EPILOG = (
 )
 
 
-def _size(n: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
-
-
-def _files(outputs: tuple[Path, ...]) -> str:
-    existing = []
+def _files(outputs: tuple[Path, ...]) -> list[str]:
+    """Each output with its size; a folder of many files as one entry."""
+    entries = []
     for path in outputs:
         if path.is_dir():
-            existing += sorted(p for p in path.iterdir() if p.is_file())
+            files = sorted(p for p in path.iterdir() if p.is_file())
+            if len(files) > 3:
+                total = sum(p.stat().st_size for p in files)
+                entries.append(f"{path}/ ({len(files)} files, {size(total)})")
+                continue
+            entries += [f"{p} ({size(p.stat().st_size)})" for p in files]
         elif path.is_file():
-            existing.append(path)
-    if not existing:
-        return ""
-    if len(existing) > 3 and len({p.parent for p in existing}) == 1:
-        total = sum(p.stat().st_size for p in existing)
-        return f"{existing[0].parent}/ ({len(existing)} files, {_size(total)})"
-    return ", ".join(f"{p} ({_size(p.stat().st_size)})" for p in existing)
+            entries.append(f"{path} ({size(path.stat().st_size)})")
+    return entries
 
 
 def summary_lines(export: PersonaExport) -> list[str]:
-    """The summary of one persona: a line per stage (status, time, detail, files), then the
-    verify table."""
+    """The summary of one persona, in :data:`~persona_export.cli._table.WIDTH` columns: a
+    row per stage (status, time, detail), its files and warnings under it, then the verify
+    table.
+    Built from each stage's generic fields, so a stage's new figures need nothing here."""
     state = "exported" if export.ok else "FAILED"
     lines = [f"{export.persona}: {state} in {export.seconds:.1f} s"]
-    for stage in export.stages:
-        lines.append(
-            f"  {stage.stage:<10} {stage.status.value:<18} {stage.seconds:6.1f} s  {stage.detail}"
-        )
-        if files := _files(stage.outputs):
-            lines.append(f"  {'':<10} {'':<18} {'':>8}  {files}")
+    rows = [("stage", "status", "time", "detail")] + [
+        (s.stage, s.status.value, f"{s.seconds:.1f} s", s.detail) for s in export.stages
+    ]
+    table = Table(rows, right=(2,))
+    lines += table.row(rows[0])
+    for stage, row in zip(export.stages, rows[1:], strict=True):
+        lines += table.row(row)
+        for entry in _files(stage.outputs):
+            lines += table.under(entry)
+        for message in stage.warnings:  # shown as they happened too, long scrolled away
+            lines += table.row(("", "", "", f"warning: {message}"))
     if export.verify is not None:
-        lines += ["  " + line for line in check_lines(export.verify.checks)]
+        lines += check_lines(export.verify.checks, indent="  ")
     return lines
 
 
@@ -142,6 +145,7 @@ def export(
         force=force,
     )
     result = run(config)
+    record(personas=[done.to_json() for done in result.exports])
     for number, done in enumerate(result.exports):
         if number:
             console.out("")

@@ -18,6 +18,7 @@ from persona_export.cli._options import (
     Persona,
     layout,
 )
+from persona_export.cli._output import record
 
 EPILOG = "Example: persona-export gguf --persona captain_codebeard   (or: make persona=NAME gguf)"
 
@@ -52,6 +53,7 @@ def gguf(
         persona, layout=layout(adapter_dir, merged_dir, gguf_dir), outtype=outtype, force=force
     )
     result = run(config)
+    record(result=result.to_json())
     if result.up_to_date:
         console.info(f"{result.gguf_path} is up to date (use --force to convert again)")
     console.out(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -20,23 +19,9 @@ from persona_export.cli._options import (
     PersonasFile,
     layout,
 )
+from persona_export.cli._output import record
 
 EPILOG = "Example: persona-export merge --persona captain_codebeard   (or: make persona=NAME merge)"
-
-
-def _progress() -> Callable[[int, int], None]:
-    """A callback printing progress on stderr every tenth of the way."""
-    last = [-1]
-
-    def report(done: int, total: int) -> None:
-        if total < 1 << 30:  # small models finish before progress would help
-            return
-        tenth = done * 10 // max(total, 1)
-        if tenth > last[0]:
-            last[0] = tenth
-            console.info(f"  {tenth * 10:3d}%  {done / 1e9:.2f} / {total / 1e9:.2f} GB")
-
-    return report
 
 
 def merge(
@@ -90,7 +75,8 @@ def merge(
         allow_pickle=allow_pickle,
         personas_file=personas_file,
     )
-    result = run(config, progress=_progress())
+    result = run(config)
+    record(result=result.to_json())
     if result.up_to_date:
         console.info(f"{result.merged_dir} is up to date (use --force to merge again)")
     else:

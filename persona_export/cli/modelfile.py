@@ -21,6 +21,7 @@ from persona_export.cli._options import (
     Template,
     layout,
 )
+from persona_export.cli._output import record
 
 EPILOG = (
     "Example: persona-export modelfile --persona captain_codebeard --quant Q4_K_M   "
@@ -75,6 +76,7 @@ def modelfile(
             force=force,
         )
     )
+    record(result=result.to_json())
     console.info("stop: " + ", ".join(result.stops))
     if result.up_to_date:
         console.info(f"{result.modelfile} is up to date (use --force to write it again)")

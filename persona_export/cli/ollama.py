@@ -20,6 +20,7 @@ from persona_export.cli._options import (
     PersonasFile,
     layout,
 )
+from persona_export.cli._output import record
 
 EPILOG = (
     "Example: persona-export ollama --persona captain_codebeard --name "
@@ -84,6 +85,7 @@ def ollama(
             force=force,
         )
     )
+    record(result=result.to_json())
     for message in result.warnings:
         console.warn(message)
     if result.method == "none":

@@ -16,6 +16,7 @@ from persona_export.cli._options import (
     WorkDir,
     work_layout,
 )
+from persona_export.cli._output import record
 
 if TYPE_CHECKING:
     from persona_export.stages.push import RepoPush
@@ -76,9 +77,6 @@ def push(
         bool,
         typer.Option("--force", help="Push even when verify failed, is missing or is out of date."),
     ] = False,
-    verbose: Annotated[
-        bool, typer.Option("--verbose", help="Show huggingface_hub's progress bars and messages.")
-    ] = False,
     merged_dir: MergedDir = MERGED_DIR,
     gguf_dir: GgufDir = GGUF_DIR,
     work_dir: WorkDir = None,
@@ -100,7 +98,7 @@ def push(
         revision=revision,
         dry_run=dry_run,
         force=force,
-        verbose=verbose,
+        verbose=console.mode().verbose,
     )
 
     def show(pushes: tuple[RepoPush, ...], refusals: tuple[str, ...]) -> None:
@@ -125,6 +123,20 @@ def push(
             hint = f"the demo's export is in {DEFAULT_WORK_DIR}/: add --work-dir {DEFAULT_WORK_DIR}"
             raise InputNotFoundError(exc.message, hint) from exc
         raise
+    record(
+        result=result.to_json(),
+        repositories=[
+            {
+                "repo": p.repo,
+                "kind": p.kind,
+                "url": p.url,
+                "commit_url": p.commit_url,
+                "files": [{"path": f.path_in_repo, "bytes": f.size} for f in p.files],
+            }
+            for p in result.pushes
+        ],
+        dry_run=result.dry_run,
+    )
     if result.dry_run:
         console.info("dry run: nothing was uploaded")
         return

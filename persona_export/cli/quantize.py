@@ -22,6 +22,7 @@ from persona_export.cli._options import (
     layout,
     upper,
 )
+from persona_export.cli._output import record
 from persona_export.cli.gguf import size_line
 
 EPILOG = (
@@ -79,6 +80,7 @@ def quantize(
         force=force,
     )
     result = run(config)
+    record(result=result.to_json())
     for output in result.quants:
         if output.status is Status.UP_TO_DATE:
             console.info(f"{output.gguf_path} is up to date (use --force to quantize again)")

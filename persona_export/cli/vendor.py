@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from persona_export import console
+from persona_export.cli._output import record
 
 EPILOG = "Example: persona-export vendor   (or: make vendor)"
 
@@ -26,6 +27,15 @@ def vendor(
     from persona_export.llamacpp import vendor as vendoring
 
     result = vendoring.ensure(sdist=sdist, build_tools=not no_build, jobs=jobs)
+    record(
+        vendor={
+            "commit": result.commit,
+            "source_dir": str(result.source_dir),
+            "bin_dir": str(result.bin_dir),
+            "downloaded": result.downloaded,
+            "built": result.built,
+        }
+    )
     state = "built" if result.built else "up to date"
     console.info(f"llama.cpp {result.commit}: sources {result.source_dir}; tools {state}")
     console.out(str(result.bin_dir))

@@ -23,6 +23,8 @@ from persona_export.cli._options import (
     Threads,
     layout,
 )
+from persona_export.cli._output import record
+from persona_export.cli._table import Table
 from persona_export.stages.verify import DEFAULT_MAX_TOKENS, Check
 
 EPILOG = (
@@ -40,12 +42,11 @@ VerifyQuants = Annotated[
 ]
 
 
-def check_lines(checks: Sequence[Check]) -> list[str]:
-    """The short table: one line per check (name, status, figures)."""
-    width = max([len(c.name) for c in checks] + [5])
-    lines = [f"{'check':<{width}}  {'status':<7}  result"]
-    lines += [f"{c.name:<{width}}  {c.status:<7}  {c.summary}" for c in checks]
-    return lines
+def check_lines(checks: Sequence[Check], indent: str = "") -> list[str]:
+    """The short table: one row per check (name, status, figures), within 100 columns."""
+    rows = [("check", "status", "result")] + [(c.name, c.status, c.summary) for c in checks]
+    table = Table(rows, indent=indent)
+    return [line for row in rows for line in table.row(row)]
 
 
 def verify(
@@ -128,6 +129,7 @@ def verify(
         force=force,
     )
     result = run(config)
+    record(result=result.to_json())
     if result.up_to_date:
         console.info(f"{result.report} is up to date and passed (use --force to verify again)")
     for line in check_lines(result.checks):

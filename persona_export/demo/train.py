@@ -234,13 +234,33 @@ def _fit(
     n_trainable = sum(p.numel() for p in trainable)
     optimizer = torch.optim.AdamW(trainable, lr=s["learning_rate"], weight_decay=0.0)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    order_rng = torch.Generator().manual_seed(s["seed"])
     console.info(
         f"training {data.persona}: {len(examples)} pairs, LoRA r={s['rank']} on "
         f"{', '.join(s['target_modules'])} ({n_trainable:,} parameters), up to "
         f"{s['max_epochs']} epochs until loss < {s['target_loss']}"
     )
     model.train()
+    per_epoch = -(-len(examples) // s["batch_size"])
+    with console.progress("training", total=s["max_epochs"] * per_epoch, unit="steps") as bar:
+        losses, steps = _epochs(model, optimizer, examples, pad, s, bar, started)
+    model.eval()
+    return model, losses, steps, n_trainable
+
+
+def _epochs(
+    model: Any,
+    optimizer: Any,
+    examples: list[tuple[list[int], list[int]]],
+    pad: int,
+    s: Mapping[str, Any],
+    bar: console.Bar,
+    started: float,
+) -> tuple[list[float], int]:
+    """Train epoch after epoch until the mean loss is under the target (or the last epoch);
+    return each epoch's mean loss and the steps taken. The bar counts steps."""
+    import torch
+
+    order_rng = torch.Generator().manual_seed(s["seed"])
     losses: list[float] = []
     steps = 0
     for epoch in range(s["max_epochs"]):
@@ -259,11 +279,12 @@ def _fit(
             steps += 1
             total += float(loss.item()) * len(batch)
             count += len(batch)
+            bar.update(steps, note=f"epoch {epoch + 1}, loss {total / count:.3f}")
         losses.append(total / count)
         console.info(
             f"  epoch {epoch + 1}: loss {losses[-1]:.3f} ({time.monotonic() - started:.0f} s)"
         )
         if losses[-1] < s["target_loss"]:
+            bar.update(total=steps)  # done early: the loss is there
             break
-    model.eval()
-    return model, losses, steps, n_trainable
+    return losses, steps

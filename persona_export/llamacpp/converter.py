@@ -81,15 +81,16 @@ def run_converter(
     argv += [script, source_dir, "--outfile", outfile, "--outtype", outtype]
     argv += ["--model-name", model_name]
     warnings: list[str] = []
-    lines = _ConverterLines(warnings)
-    done = run(
-        argv,
-        what="convert_hf_to_gguf.py",
-        env=converter_env(),
-        log_path=log_file,
-        on_line=lines,
-        check=False,
-    )
+    with console.progress("converting", unit="B") as bar:
+        lines = _ConverterLines(warnings, bar)
+        done = run(
+            argv,
+            what="convert_hf_to_gguf.py",
+            env=converter_env(),
+            log_path=log_file,
+            on_line=lines,
+            check=False,
+        )
     if done.returncode != 0:
         raise explain_failure(done.output, done.returncode, merged_dir, log_file)
     if not outfile.is_file():
@@ -102,15 +103,18 @@ def run_converter(
 
 _WARNING_RE = re.compile(r"^WARNING:[\w.-]+:(.*)$")
 _PROGRESS_RE = re.compile(r"^Writing:\s+(\d+)%")
+# tqdm's amounts on the same line: "| 56.6M/269M [" (bytes, with an SI suffix)
+_AMOUNT_RE = re.compile(r"\|\s*([\d.]+)([kMGT]?)/([\d.]+)([kMGT]?)\s*\[")
+_SCALE = {"": 1.0, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 
 
 class _ConverterLines:
-    """The converter's stream as warnings and 10 % progress steps, and the launcher's
-    report of the faster cast."""
+    """The converter's stream as warnings and progress (its tqdm "Writing:" bar: bytes when
+    the line has them, else the percentage), and the launcher's report of the faster cast."""
 
-    def __init__(self, warnings: list[str]) -> None:
+    def __init__(self, warnings: list[str], bar: console.Bar | None = None) -> None:
         self.warnings = warnings
-        self.decile = -1
+        self.bar = bar or console.Bar()
         self.fast_cast = False
 
     def __call__(self, line: str) -> None:
@@ -118,10 +122,13 @@ class _ConverterLines:
             self.fast_cast = True
             return
         if m := _PROGRESS_RE.match(line):
-            decile = int(m.group(1)) // 10
-            if decile > self.decile:
-                self.decile = decile
-                console.info(f"  writing {decile * 10}%")
+            if amounts := _AMOUNT_RE.search(line):
+                done, done_unit, total, total_unit = amounts.groups()
+                self.bar.update(
+                    float(done) * _SCALE[done_unit], total=float(total) * _SCALE[total_unit]
+                )
+            else:
+                self.bar.update(int(m.group(1)), total=100, unit="%")
             return
         if m := _WARNING_RE.match(line):
             text = m.group(1).strip()

@@ -117,8 +117,9 @@ def run_quantize_tool(
         argv += ["--imatrix", imatrix]
     argv += [source, outfile, quant.name, str(threads)]
     warnings: list[str] = []
-    lines = _QuantizeLines(warnings)
-    done = run(argv, what="llama-quantize", log_path=log_file, on_line=lines, check=False)
+    with console.progress(f"quantizing {quant.name}", unit="tensors") as bar:
+        lines = _QuantizeLines(warnings, bar)
+        done = run(argv, what="llama-quantize", log_path=log_file, on_line=lines, check=False)
     lines.finish(log_file)
     if done.returncode != 0:
         raise _explain_failure(done.output, done.returncode, quant, log_file)
@@ -134,21 +135,18 @@ _FALLBACK = re.compile(r"required for type\s+(\w+)\)\s*->\s*falling back to\s+(\
 
 
 class _QuantizeLines:
-    """llama-quantize's stream as 10 % progress steps and warnings. Its per-tensor "falling
-    back" warnings (rows not divisible by the K-quant block of 256) are counted and reported
-    as one line when the run ends, not one line per tensor."""
+    """llama-quantize's stream as progress (its "[ i/ n]" line per tensor) and warnings. Its
+    per-tensor "falling back" warnings (rows not divisible by the K-quant block of 256) are
+    counted and reported as one line when the run ends, not one line per tensor."""
 
-    def __init__(self, warnings: list[str]) -> None:
+    def __init__(self, warnings: list[str], bar: console.Bar | None = None) -> None:
         self.warnings = warnings
-        self.decile = -1
+        self.bar = bar or console.Bar()
         self.fallbacks: Counter[tuple[str, str]] = Counter()
 
     def __call__(self, line: str) -> None:
         if m := _PROGRESS.match(line):
-            decile = int(m.group(1)) * 10 // max(int(m.group(2)), 1)
-            if decile > self.decile:
-                self.decile = decile
-                console.info(f"  tensors {decile * 10}%")
+            self.bar.update(int(m.group(1)), total=int(m.group(2)))
             return
         if fallback := _FALLBACK.search(line):
             self.fallbacks[(fallback.group(1), fallback.group(2))] += 1

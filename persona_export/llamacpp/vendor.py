@@ -14,7 +14,6 @@ import re
 import shutil
 import sys
 import tarfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -245,16 +244,26 @@ def tools_ready(lock: VendorLock) -> bool:
     )
 
 
-def _progress_printer() -> Callable[[str], None]:
-    state = {"last": -1}
+class _BuildLines:
+    """cmake's "[ NN%]" lines as one bar over the whole build. With the Makefile generator,
+    ``cmake --build --target A B C`` builds the targets one after the other, each counting
+    0-100 % again, so a drop in the percentage starts the next target's share of the bar."""
 
-    def on_line(line: str) -> None:
+    def __init__(self, bar: console.Bar, targets: int) -> None:
+        self.bar = bar
+        self.targets = max(targets, 1)
+        self.phase = 0
+        self.last = 0
+
+    def __call__(self, line: str) -> None:
         m = re.match(r"\[\s*(\d+)%\]", line)
-        if m and int(m.group(1)) // 10 != state["last"]:
-            state["last"] = int(m.group(1)) // 10
-            console.info(f"  build {m.group(1)}%")
-
-    return on_line
+        if not m:
+            return
+        percent = int(m.group(1))
+        if percent < self.last and self.phase < self.targets - 1:
+            self.phase += 1
+        self.last = percent
+        self.bar.update((100 * self.phase + percent) / self.targets)
 
 
 def build(lock: VendorLock, src: Path, jobs: int | None = None) -> Path:
@@ -277,13 +286,14 @@ def build(lock: VendorLock, src: Path, jobs: int | None = None) -> Path:
         log_path=log,
         hint=hint,
     )
-    run(
-        ["cmake", "--build", build_dir, "-j", str(jobs), "--target", *lock.targets],
-        what="cmake build",
-        log_path=log,
-        on_line=_progress_printer(),
-        hint=hint,
-    )
+    with console.progress("building llama.cpp", total=100, unit="%") as bar:
+        run(
+            ["cmake", "--build", build_dir, "-j", str(jobs), "--target", *lock.targets],
+            what="cmake build",
+            log_path=log,
+            on_line=_BuildLines(bar, len(lock.targets)),
+            hint=hint,
+        )
     out = build_dir / "bin"
     for name, source in NATIVE_TOOLS.items():
         run(

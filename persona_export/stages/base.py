@@ -77,18 +77,31 @@ class StageResult:
         return self.status is not Status.FAILED
 
     def to_json(self) -> dict[str, Any]:
-        """The result as JSON values, with stable keys (documented in the README)."""
+        """The result as JSON values, with stable keys (documented in the README's "JSON
+        output", checked against ``cli/json_schema.py``). ``output_bytes``: each output's
+        size now (a folder's: its files together; null when it is gone)."""
         return {
             "stage": self.stage,
             "persona": self.persona,
             "status": self.status.value,
             "seconds": round(self.seconds, 3),
             "outputs": [str(p) for p in self.outputs],
+            "output_bytes": {str(p): output_bytes(p) for p in self.outputs},
             "figures": _jsonable(dict(self.figures)),
             "warnings": list(self.warnings),
             "notes": list(self.notes),
             "detail": self.detail,
         }
+
+
+def output_bytes(path: Path) -> int | None:
+    """The size of an output file, or of every file under an output folder (None: gone)."""
+    try:
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 def _jsonable(value: Any) -> Any:

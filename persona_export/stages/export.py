@@ -92,6 +92,21 @@ class PersonaExport:
         result = self.stage("verify")
         return result if result is not None and hasattr(result, "checks") else None
 
+    def to_json(self) -> dict[str, Any]:
+        """Stable keys (README, "JSON output"): the persona, whether it exported, its time,
+        the error that stopped it (message and hint, or null) and every stage's result."""
+        return {
+            "persona": self.persona,
+            "ok": self.ok,
+            "seconds": round(self.seconds, 3),
+            "error": (
+                {"message": self.error.message, "hint": self.error.hint}
+                if self.error is not None
+                else None
+            ),
+            "stages": [stage.to_json() for stage in self.stages],
+        }
+
 
 @dataclass(frozen=True)
 class ExportResult:
@@ -107,6 +122,13 @@ class ExportResult:
     @property
     def failed(self) -> tuple[str, ...]:
         return tuple(e.persona for e in self.exports if not e.ok)
+
+    def to_json(self) -> dict[str, Any]:
+        """Every persona's :meth:`PersonaExport.to_json`, in order, and the total time."""
+        return {
+            "seconds": round(self.seconds, 3),
+            "personas": [export.to_json() for export in self.exports],
+        }
 
 
 Done = Mapping[str, StageResult]

@@ -303,15 +303,22 @@ def _write(
             # the shards are hashed while they are written (the gguf stage reuses the hashes)
             for path in shard_files(plan, writing.tmp, config.max_shard_bytes):
                 tail_hashers[path.name] = TailHasher(path)
-            written = execute(
-                plan,
-                prep.adapter,
-                writing.tmp,
-                device=prep.device,
-                max_shard_bytes=config.max_shard_bytes,
-                block_bytes=config.block_bytes,
-                progress=progress,
-            )
+            with console.progress("merging", total=plan.total_bytes, unit="B") as bar:
+
+                def report(done: int, total: int) -> None:
+                    bar.update(done)
+                    if progress is not None:  # a caller's own callback (library use)
+                        progress(done, total)
+
+                written = execute(
+                    plan,
+                    prep.adapter,
+                    writing.tmp,
+                    device=prep.device,
+                    max_shard_bytes=config.max_shard_bytes,
+                    block_bytes=config.block_bytes,
+                    progress=report,
+                )
             write_config(
                 prep.base_dir / "config.json",
                 writing.tmp / "config.json",

@@ -59,7 +59,13 @@ from persona_export.verify.data import (
     load_conversations,
     prompts_path,
 )
-from persona_export.verify.engines import Engines, logit_checks, server_checks
+from persona_export.verify.engines import (
+    Engines,
+    Steps,
+    logit_checks,
+    server_checks,
+    step_count,
+)
 from persona_export.verify.memory import check_memory, merged_dtype
 from persona_export.verify.tools import choice_for
 
@@ -370,17 +376,22 @@ def _run_checks(config: VerifyConfig, plan: _Plan) -> tuple[Check, ...]:
                     config.threads,
                     scratch,
                 )
-                checks = logit_checks(engines, bounds, prompts)
-                checks += server_checks(
-                    plan.modelfile,
-                    prompts,
-                    bos,
-                    max_tokens=config.max_tokens,
-                    threads=config.threads,
-                    log_dir=scratch,
-                    choice=choice_for(plan.modelfile),
-                    merged_dir=plan.merged_dir,
-                )
+                total = step_count(len(plan.quants), len(prompts))
+                with console.progress("verifying", total=total, unit="steps") as bar:
+                    steps = Steps(bar)
+                    checks = logit_checks(engines, bounds, prompts, steps)
+                    checks += server_checks(
+                        plan.modelfile,
+                        prompts,
+                        bos,
+                        max_tokens=config.max_tokens,
+                        threads=config.threads,
+                        log_dir=scratch,
+                        choice=choice_for(plan.modelfile),
+                        merged_dir=plan.merged_dir,
+                        steps=steps,
+                    )
+                    steps.finish()
             records = hashing.result()
             changed = _changed_inputs(artifact.inputs, before)
             if changed:

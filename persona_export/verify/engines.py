@@ -38,8 +38,29 @@ from persona_export.verify.prompts import Prompt
 from persona_export.verify.tools import Renderer
 
 
-def progress(message: str) -> None:
-    console.info(f"  verify: {message}")
+class Steps:
+    """Verify's progress: one step per engine run (and per greedy answer), shown as a bar
+    whose note says what runs now. :meth:`next` counts the step before as done."""
+
+    def __init__(self, bar: console.Bar | None = None) -> None:
+        self.bar = bar or console.Bar()
+        self.started = False
+
+    def next(self, note: str) -> None:
+        self.bar.update(advance=1 if self.started else 0, note=note)
+        self.started = True
+
+    def finish(self) -> None:
+        """Count the last step as done (the checks are over)."""
+        if self.started:
+            self.bar.update(advance=1, note="")
+        self.started = False
+
+
+def step_count(quants: int, prompts: int) -> int:
+    """How many :class:`Steps` a verify takes: merged model, PEFT, the unquantized GGUF,
+    each quantized one, the Go template, llama-server, one greedy answer per prompt."""
+    return 3 + quants + 2 + prompts
 
 
 @dataclass(frozen=True)
@@ -68,18 +89,22 @@ def _guarded(name: str, checks: list[Check], step: Callable[[], None]) -> bool:
     return True
 
 
-def logit_checks(engines: Engines, bounds: Bounds, prompts: Sequence[Prompt]) -> list[Check]:
-    """The three logit comparisons (see the module docstring)."""
+def logit_checks(
+    engines: Engines, bounds: Bounds, prompts: Sequence[Prompt], steps: Steps | None = None
+) -> list[Check]:
+    """The three logit comparisons (see the module docstring); ``steps`` shows progress."""
     from persona_export.llamacpp.logits import gguf_logits
     from persona_export.verify.logits import hf_logits, peft_logits
     from persona_export.verify.metrics import compare
 
     ids = [p.ids for p in prompts]
     checks: list[Check] = []
-    progress(f"merged model logits ({engines.hf_dtype}, {sum(map(len, ids))} positions)")
+    steps = steps or Steps()
+    positions = sum(map(len, ids))
+    steps.next(f"merged model, {engines.hf_dtype}, {positions} positions")
     merged = hf_logits(engines.merged_dir, ids, dtype=engines.hf_dtype)
     gc.collect()
-    progress(f"base + adapter through PEFT ({engines.base_dir})")
+    steps.next(f"base + adapter through PEFT, {positions} positions")
     peft = peft_logits(engines.base_dir, engines.adapter_dir, ids, dtype=engines.hf_dtype)
     gc.collect()
     # A swap counts only where the reference's lead exceeds the error the NMSE bound allows.
@@ -94,7 +119,7 @@ def logit_checks(engines: Engines, bounds: Bounds, prompts: Sequence[Prompt]) ->
     del peft
     gc.collect()
     source_name = f"merged-vs-{engines.source_type}"
-    progress(f"{engines.source.name} through llama.cpp")
+    steps.next(f"{engines.source.name} through llama.cpp")
     f16: list = []
 
     def source_logits() -> None:
@@ -114,7 +139,7 @@ def logit_checks(engines: Engines, bounds: Bounds, prompts: Sequence[Prompt]) ->
     gc.collect()
     for quant, path in engines.quants.items():
         name = f"{engines.source_type}-vs-{quant}"
-        progress(f"{path.name} through llama.cpp")
+        steps.next(f"{path.name} through llama.cpp")
 
         def quant_check(path: Path = path, quant: str = quant, name: str = name) -> None:
             logits = gguf_logits(path, ids, engines.work_dir, threads=engines.threads)
@@ -127,10 +152,11 @@ def logit_checks(engines: Engines, bounds: Bounds, prompts: Sequence[Prompt]) ->
 
 
 def _go_template_check(
-    modelfile: Modelfile, prompts: Sequence[Prompt], bos: str | None
+    modelfile: Modelfile, prompts: Sequence[Prompt], bos: str | None, steps: Steps
 ) -> tuple[Check, list[str | None] | None]:
     from persona_export.ollama.gotemplate import GO_MISSING, find_renderer
 
+    steps.next("Modelfile TEMPLATE through Go text/template")  # counted, run or not
     if modelfile.template is None:
         message = (
             f"not run: {modelfile.path} has no TEMPLATE; Ollama >= 0.30 renders the GGUF's chat "
@@ -140,7 +166,6 @@ def _go_template_check(
     renderer = find_renderer()
     if renderer is None:
         return Check("template-modelfile", SKIPPED, f"not run: {GO_MISSING}", {}), None
-    progress("Modelfile TEMPLATE through Go text/template")
     rendered = renderer.render_many(
         [(modelfile.template, p.turns, modelfile.system or "") for p in prompts]
     )
@@ -162,17 +187,20 @@ def server_checks(
     log_dir: Path,
     choice: OllamaChoice,
     merged_dir: Path,
+    steps: Steps | None = None,
 ) -> list[Check]:
     """Templates, tokens and generation (see the module docstring); ``choice`` says which
-    template Ollama will use, ``merged_dir`` holds the HF tokenizer for tool conversations."""
+    template Ollama will use, ``merged_dir`` holds the HF tokenizer for tool conversations;
+    ``steps`` shows progress."""
     from persona_export.llamacpp.server import llama_server
     from persona_export.verify.tools import ollama_check, tools_check
 
-    go_check, go_texts = _go_template_check(modelfile, prompts, bos)
+    steps = steps or Steps()
+    go_check, go_texts = _go_template_check(modelfile, prompts, bos, steps)
     checks = [ollama_check(choice), go_check]
     rendered = choice.path == RENDERED
     expected = [p.text for p in prompts]
-    progress(f"{modelfile.gguf.name} through llama-server")
+    steps.next(f"{modelfile.gguf.name} through llama-server")
     ctx = max(map(len, (p.ids for p in prompts))) + max_tokens + 64
 
     def with_server() -> None:
@@ -188,7 +216,7 @@ def server_checks(
                 )
             )
             if choice.tools:
-                progress("tool conversations on the path Ollama uses")
+                steps.bar.update(note="tool conversations on the path Ollama uses")
                 render = _go_tools(modelfile) if rendered else _server_tools(server, modelfile)
                 checks.append(tools_check(choice, merged_dir, modelfile.system, render, bos))
             # What Ollama sends: the rendering of the path it uses (the GGUF's when Go is
@@ -198,9 +226,9 @@ def server_checks(
                 for go, llama in zip(go_texts or llama_texts, llama_texts, strict=True)
             ]
             checks.append(token_check([p.ids for p in prompts], [server.tokenize(t) for t in sent]))
-            progress(f"greedy answers (at most {max_tokens} tokens each)")
             answers = []
-            for text in sent:
+            for number, text in enumerate(sent, 1):
+                steps.next(f"greedy answer {number}/{len(sent)}, at most {max_tokens} tokens")
                 done = server.complete(text, stop=modelfile.stops, n_predict=max_tokens)
                 answers.append(
                     {
