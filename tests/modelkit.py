@@ -9,6 +9,8 @@ Public API (used by tests, fixtures and benchmarks):
 * :func:`make_phi4mini` -- tiny ``Phi3ForCausalLM`` folder shaped like Phi-4-mini-instruct.
 * :func:`make_llama` -- tiny ``LlamaForCausalLM`` with a SentencePiece or byte-level BPE tokenizer.
 * :func:`make_gpt2` -- tiny ``GPT2LMHeadModel`` (Conv1D layers) with a ChatML template.
+* :func:`make_qwen2` -- tiny ``Qwen2ForCausalLM`` (q/k/v biases, sliding-window layers), no
+  tokenizer.
 * :func:`make_adapter` -- a real PEFT LoRA/DoRA adapter for any of the above.
 * :func:`make_phi4mini_synthetic` / :func:`make_synthetic_adapter` -- full-size Phi-4-mini
   shaped checkpoint and adapter, written tensor by tensor (benchmarks).
@@ -1108,12 +1110,56 @@ def make_gpt2(
     return out_dir
 
 
+def make_qwen2(
+    out_dir: Path,
+    *,
+    hidden_size: int = 64,
+    num_layers: int = 3,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    vocab_size: int = 320,
+    sliding_window: int = 4,
+    dtype: str = "bfloat16",
+    seed: int = 0,
+) -> Path:
+    """Write a tiny Qwen2ForCausalLM folder (weights and config only, no tokenizer): q/k/v
+    with biases, tied embeddings, and a sliding window on every layer after the first
+    (``max_window_layers=1``), so its layers get different attention masks. Returns
+    ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = {
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "hidden_size": hidden_size,
+        "intermediate_size": 2 * hidden_size,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": num_heads,
+        "num_key_value_heads": num_kv_heads,
+        "vocab_size": vocab_size,
+        "max_position_embeddings": 512,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": True,
+        "use_sliding_window": True,
+        "sliding_window": sliding_window,
+        "max_window_layers": 1,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "torch_dtype": dtype,
+        "transformers_version": "4.45.0",
+    }
+    _save_random_model(cfg, out_dir, dtype=dtype, seed=seed)
+    return out_dir
+
+
 # --------------------------------------------------------------------------------------
 # Adapters
 # --------------------------------------------------------------------------------------
 
 DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
     "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     "gpt2": ["c_attn", "c_proj"],
 }
