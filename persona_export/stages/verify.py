@@ -51,7 +51,13 @@ from persona_export.stages.base import StageConfig, StageResult, Status
 from persona_export.verify.checks import FAILED, PASSED, SKIPPED, Check, error_check
 from persona_export.verify.data import bounds_path, load_bounds, load_conversations, prompts_path
 from persona_export.verify.engines import Engines, logit_checks, server_checks
-from persona_export.verify.memory import check_memory, merged_dtype
+from persona_export.verify.memory import (
+    available_memory,
+    check_streamed_memory,
+    merged_dtype,
+    streamed_need,
+)
+from persona_export.verify.prompts import Prompt
 
 __all__ = ["FAILED", "PASSED", "SKIPPED", "Check", "VerifyConfig", "VerifyResult", "run"]
 
@@ -308,15 +314,42 @@ def run(config: VerifyConfig) -> VerifyResult:
             checks = _load_report(previous)
             return _result(config, plan, checks, True, Status.UP_TO_DATE, started)
         plan.artifact.check_writable()
-        check_memory(plan.merged_dir, config.hf_dtype)
-        checks = _run_checks(config, plan)
+        prompts, bos = _prompts(config, plan)
+        _memory_preflight(config, plan, prompts)
+        checks = _run_checks(config, plan, prompts, bos)
     passed = not any(c.status == FAILED for c in checks)
     return _result(config, plan, checks, passed, Status.DONE if passed else Status.FAILED, started)
 
 
-def _run_checks(config: VerifyConfig, plan: _Plan) -> tuple[Check, ...]:
+def _prompts(config: VerifyConfig, plan: _Plan) -> tuple[list[Prompt], str | None]:
     from persona_export.verify.prompts import build_prompts
 
+    conversations = load_conversations(config.prompts_file)
+    return build_prompts(plan.merged_dir, plan.modelfile.system, conversations)
+
+
+def _memory_preflight(config: VerifyConfig, plan: _Plan, prompts: list[Prompt]) -> None:
+    """Say what the Hugging Face side will need and refuse before loading when it does not
+    fit (verify/memory.py)."""
+    lengths = [len(p.ids) for p in prompts]
+    need = streamed_need(
+        [plan.merged_dir, plan.base_dir],
+        adapter_dir=plan.adapter_dir,
+        positions=sum(lengths),
+        longest=max(lengths),
+        compute_dtype=config.hf_dtype,
+    )
+    free = available_memory()
+    console.info(
+        f"  verify: the Hugging Face side needs about {need.total / 2**30:.1f} GiB of RAM"
+        + (f" ({free / 2**30:.1f} GiB available)" if free is not None else "")
+    )
+    check_streamed_memory(need, config.hf_dtype, free)
+
+
+def _run_checks(
+    config: VerifyConfig, plan: _Plan, prompts: list[Prompt], bos: str | None
+) -> tuple[Check, ...]:
     artifact = plan.artifact
     # What is certified is what was read: content hashes taken while the checks run (no
     # hash reused from a manifest), and every input confirmed unchanged afterwards.
@@ -325,9 +358,6 @@ def _run_checks(config: VerifyConfig, plan: _Plan) -> tuple[Check, ...]:
     bounds = _bounds(config, plan.merged_dir)
     try:
         with artifact.write() as writing:
-            prompts, bos = build_prompts(
-                plan.merged_dir, plan.modelfile.system, load_conversations(config.prompts_file)
-            )
             with work_dir(plan.artifact.path) as scratch:
                 engines = Engines(
                     plan.merged_dir,
@@ -347,7 +377,7 @@ def _run_checks(config: VerifyConfig, plan: _Plan) -> tuple[Check, ...]:
                     bos,
                     max_tokens=config.max_tokens,
                     threads=config.threads,
-                    log_dir=scratch,
+                    log_file=config.layout.verify_server_log(config.persona),
                 )
             records = hashing.result()
             changed = _changed_inputs(artifact.inputs, before)

@@ -16,6 +16,7 @@ import gc
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from persona_export import console
 from persona_export.errors import PersonaExportError
@@ -33,6 +34,9 @@ from persona_export.verify.checks import (
 )
 from persona_export.verify.data import Bounds
 from persona_export.verify.prompts import Prompt
+
+if TYPE_CHECKING:
+    from persona_export.llamacpp.server import LlamaServer
 
 
 def progress(message: str) -> None:
@@ -68,16 +72,19 @@ def _guarded(name: str, checks: list[Check], step: Callable[[], None]) -> bool:
 def logit_checks(engines: Engines, bounds: Bounds, prompts: Sequence[Prompt]) -> list[Check]:
     """The three logit comparisons (see the module docstring)."""
     from persona_export.llamacpp.logits import gguf_logits
-    from persona_export.verify.logits import hf_logits, peft_logits
+    from persona_export.verify.logits import adapter_logits, model_logits
     from persona_export.verify.metrics import compare
 
     ids = [p.ids for p in prompts]
     checks: list[Check] = []
-    progress(f"merged model logits ({engines.hf_dtype}, {sum(map(len, ids))} positions)")
-    merged = hf_logits(engines.merged_dir, ids, dtype=engines.hf_dtype)
+    progress(
+        f"merged model logits ({engines.hf_dtype}, {sum(map(len, ids))} positions, one layer "
+        "at a time)"
+    )
+    merged = model_logits(engines.merged_dir, ids, dtype=engines.hf_dtype)
     gc.collect()
     progress(f"base + adapter through PEFT ({engines.base_dir})")
-    peft = peft_logits(engines.base_dir, engines.adapter_dir, ids, dtype=engines.hf_dtype)
+    peft = adapter_logits(engines.base_dir, engines.adapter_dir, ids, dtype=engines.hf_dtype)
     gc.collect()
     # A swap counts only where the reference's lead exceeds the error the NMSE bound allows.
     checks.append(
@@ -153,9 +160,10 @@ def server_checks(
     *,
     max_tokens: int,
     threads: int | None,
-    log_dir: Path,
+    log_file: Path,
 ) -> list[Check]:
-    """Templates, tokens and generation (see the module docstring)."""
+    """Templates, tokens and generation (see the module docstring); llama-server's log is
+    ``log_file`` (it exists once this returns, also after a failure)."""
     from persona_export.llamacpp.server import llama_server
 
     go_check, go_texts = _go_template_check(modelfile, prompts, bos)
@@ -165,7 +173,9 @@ def server_checks(
     ctx = max(map(len, (p.ids for p in prompts))) + max_tokens + 64
 
     def with_server() -> None:
-        with llama_server(modelfile.gguf, log_dir, ctx_size=ctx, threads=threads) as server:
+        with llama_server(
+            modelfile.gguf, log_file=log_file, ctx_size=ctx, threads=threads
+        ) as server:
             llama_texts: list[str | None] = [server.apply_template(p.messages) for p in prompts]
             checks.append(
                 template_check(
@@ -181,20 +191,44 @@ def server_checks(
                 (go if go is not None else llama) or ""
                 for go, llama in zip(go_texts or llama_texts, llama_texts, strict=True)
             ]
-            checks.append(token_check([p.ids for p in prompts], [server.tokenize(t) for t in sent]))
+            tokens = [server.tokenize(t) for t in sent]
+            checks.append(token_check([p.ids for p in prompts], tokens))
             progress(f"greedy answers (at most {max_tokens} tokens each)")
-            answers = []
-            for text in sent:
-                done = server.complete(text, stop=modelfile.stops, n_predict=max_tokens)
-                answers.append(
-                    {
-                        "stop_type": done.stop_type,
-                        "stopping_word": done.stopping_word,
-                        "tokens": done.tokens_predicted,
-                        "text": done.text,
-                    }
-                )
-            checks.append(generation_check(answers, max_tokens))
+            checks.append(
+                generation_check(_answers(server, sent, tokens, modelfile, max_tokens), max_tokens)
+            )
 
     _guarded("llama-server", checks, with_server)
     return checks
+
+
+def _answers(
+    server: LlamaServer,
+    prompts: Sequence[str],
+    tokens: Sequence[Sequence[int]],
+    modelfile: Modelfile,
+    max_tokens: int,
+) -> list[dict[str, Any]]:
+    """Greedy answers to ``prompts``; the time limits of each come from the speed the
+    answers before it measured (llamacpp/server.py, SpeedLimits), so a model that does not
+    stop ends on the token limit, however slow this machine is."""
+    from persona_export.llamacpp.server import SpeedLimits
+
+    limits = SpeedLimits()
+    answers = []
+    for text, ids in zip(prompts, tokens, strict=True):
+        done = server.complete(
+            text, stop=modelfile.stops, n_predict=max_tokens, limits=limits, prompt_tokens=len(ids)
+        )
+        limits = limits.measured(done)
+        answers.append(
+            {
+                "stop_type": done.stop_type,
+                "stopping_word": done.stopping_word,
+                "tokens": done.tokens_predicted,
+                "text": done.text,
+                "seconds": round(done.seconds, 3),
+                "tokens_per_second": round(done.predicted_per_second, 2),
+            }
+        )
+    return answers
