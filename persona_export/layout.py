@@ -6,6 +6,7 @@ gguf_models/<persona>/<persona>-F16.gguf       gguf output (+ .manifest.json)
 gguf_models/<persona>/<persona>-Q4_K_M.gguf    quantize output (+ .manifest.json)
 gguf_models/<persona>/Modelfile                modelfile output (FROM ./<persona>-Q4_K_M.gguf)
 gguf_models/<persona>/verify.json              verify report
+gguf_models/<persona>/verify.llama-server.log  verify's llama-server log
 """
 
 from __future__ import annotations
@@ -64,6 +65,10 @@ class Layout:
 
     def verify_report(self, persona: str) -> Path:
         return self.gguf_dir(persona) / "verify.json"
+
+    def verify_server_log(self, persona: str) -> Path:
+        """The log of the llama-server verify runs, kept beside the report."""
+        return self.gguf_dir(persona) / "verify.llama-server.log"
 
     def lock_file(self, persona: str) -> Path:
         """The lock every stage writing ``persona`` holds (artifacts/lock.py)."""
