@@ -15,6 +15,17 @@ File outputs: the manifest (which records the temporary file's size and mtime, k
 rename) is written *before* the file is renamed into place, so a file never sits at its
 final name without the manifest that vouches for it; an interruption between the two leaves
 a manifest that no longer matches, and the next run redoes the work.
+
+Dropped outputs (``export --keep``): :meth:`Artifact.drop` deletes an intermediate output's
+files once nothing downstream needs them and keeps its manifest as a *tombstone*, marked
+``"dropped"``, still recording the outputs' hashes. The rule that keeps a no-op re-run a
+no-op: a stage whose input was dropped compares the hashes the tombstone recorded with the
+ones its own manifest recorded for that input (``dropped_inputs``); equal means its output
+was made from exactly what was dropped, so it is up to date without the files. A stage
+whose output was dropped is up to date, when its caller accepts that
+(:meth:`Artifact.dropped_fresh`), if its options and inputs are unchanged. Anything that
+must actually read a dropped input raises
+:class:`~persona_export.errors.DroppedInputError` naming the stage that rebuilds it.
 """
 
 from __future__ import annotations
@@ -40,6 +51,8 @@ from persona_export.artifacts.hashing import BackgroundRecords
 from persona_export.artifacts.manifest import Manifest, manifest_path_for, matches
 from persona_export.errors import OutputConflictError
 
+DROPPED = "dropped"  # the manifest key that makes a manifest a tombstone
+
 
 @dataclass(frozen=True)
 class Artifact:
@@ -64,6 +77,7 @@ class Artifact:
     protected: Sequence[Path] = ()
     known: Mapping[str, Any] = field(default_factory=dict)
     owner_markers: Sequence[str] = ()
+    dropped_inputs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def manifest(self) -> Path:
@@ -98,7 +112,75 @@ class Artifact:
             options=self.options,
             inputs=self.inputs,
             outputs=self.current_outputs(),
+            dropped_inputs=self.dropped_inputs,
         )
+
+    def dropped_fresh(self, *, force: bool = False) -> bool:
+        """Whether the output was deliberately dropped (its manifest is a tombstone) and
+        would be made again from the same options and inputs: up to date, without files."""
+        recorded = self.recorded()
+        if force or recorded is None or not recorded.get(DROPPED):
+            return False
+        if any(path.exists() for path in self._recorded_paths(recorded)):
+            return False  # partly there: not a clean tombstone, make it again
+        return matches(
+            recorded,
+            options=self.options,
+            inputs=self.inputs,
+            outputs=None,
+            dropped_inputs=self.dropped_inputs,
+        )
+
+    def _recorded_paths(self, recorded: Mapping[str, Any]) -> list[Path]:
+        names = list((recorded.get("outputs") or {}).keys())
+        if self.folder:
+            return [self.path / name for name in names]
+        return [self.path] if names else []
+
+    def _outputs_as_recorded(self, recorded: Mapping[str, Any]) -> bool:
+        outputs = recorded.get("outputs") or {}
+        current = self.current_outputs()
+        if current.keys() != outputs.keys():
+            return False
+        for name, path in current.items():
+            st = path.stat()
+            if (st.st_size, st.st_mtime_ns) != (
+                outputs[name].get("size"),
+                outputs[name].get("mtime_ns"),
+            ):
+                return False
+        return True
+
+    def drop(self, reason: str) -> int:
+        """Delete the output's files and keep its manifest as a tombstone (see the module
+        docstring); returns the bytes freed. Only files the manifest records are deleted,
+        and only while they are as recorded: an output that changed, or a folder holding
+        files persona-export did not write, raises OutputConflictError and stays."""
+        recorded = self.recorded()
+        if recorded is None or recorded.get("stage") != self.stage:
+            raise OutputConflictError(
+                f"{self.path} has no {self.stage} manifest; it was not dropped",
+                "remove it yourself if you do not need it",
+            )
+        if recorded.get(DROPPED):
+            return 0
+        if not self._outputs_as_recorded(recorded):
+            raise OutputConflictError(
+                f"{self.path} is not what its manifest records (changed, or holds other "
+                "files); it was not dropped",
+                "remove it yourself if you do not need it",
+            )
+        paths = self._recorded_paths(recorded)
+        freed = sum(p.stat().st_size for p in paths)
+        tombstone = {**recorded, DROPPED: {"reason": reason, "bytes": freed, "at": _now()}}
+        write_json_atomic(self.manifest, tombstone)
+        for path in paths:
+            path.unlink(missing_ok=True)
+        if self.folder:
+            for sub in sorted((p for p in self.path.rglob("*") if p.is_dir()), reverse=True):
+                with contextlib.suppress(OSError):
+                    sub.rmdir()  # empty subfolders only
+        return freed
 
     # -- replacing safely -----------------------------------------------------------------
 
@@ -242,6 +324,20 @@ class Writing:
     def require_recorded(self) -> None:
         if self.manifest is None:
             raise RuntimeError(f"{self.artifact.stage}: the output was not recorded")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def dropped_outputs(manifest: Path) -> dict[str, Any] | None:
+    """The output records a tombstone keeps (name -> FileRecord JSON), or None when the
+    manifest at ``manifest`` is absent or not a tombstone."""
+    recorded = read_json(manifest)
+    if recorded is None or not recorded.get(DROPPED):
+        return None
+    outputs = recorded.get("outputs")
+    return dict(outputs) if isinstance(outputs, dict) else {}
 
 
 def _resolved(path: Path) -> Path:

@@ -62,15 +62,30 @@ def matches(
     *,
     options: Mapping[str, Any],
     inputs: Mapping[str, Path],
-    outputs: Mapping[str, Path],
+    outputs: Mapping[str, Path] | None,
+    dropped_inputs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> bool:
     """True when manifest ``data`` says the outputs were made from these inputs and options
-    and nothing has changed since (inputs by content, outputs by size and mtime)."""
+    and nothing has changed since (inputs by content, outputs by size and mtime).
+
+    ``dropped_inputs``: inputs whose files were deliberately dropped (``export --keep``),
+    known by the record their producer's manifest kept: they match on the recorded sha256.
+    ``outputs=None``: the outputs are not checked (a dropped output's manifest, whose
+    outputs are gone on purpose).
+    """
     if data is None or not same_options(data.get("options"), options):
         return False
+    dropped = dict(dropped_inputs or {})
     recorded_in = data.get("inputs", {})
     recorded_out = data.get("outputs", {})
-    if set(recorded_in) != set(inputs) or set(recorded_out) != set(outputs):
+    if set(recorded_in) != set(inputs) | set(dropped):
+        return False
+    for name, record in dropped.items():
+        if recorded_in[name].get("sha256") != record.get("sha256"):
+            return False
+    if outputs is None:
+        return True
+    if set(recorded_out) != set(outputs):
         return False
     for name, path in outputs.items():
         rec = recorded_out[name]

@@ -36,27 +36,29 @@ from typing import Any
 
 from persona_export import console
 from persona_export.artifacts import (
-    DIR_MANIFEST,
     Artifact,
     persona_lock,
-    read_json,
     work_dir,
 )
 from persona_export.artifacts.hashing import BackgroundRecords
-from persona_export.errors import InputNotFoundError, UsageError
-from persona_export.layout import DEFAULT_BASE_MODEL, Layout
+from persona_export.errors import UsageError
 from persona_export.llamacpp import vendor
 from persona_export.ollama.modelfile import Modelfile
+from persona_export.stages._verify_inputs import (
+    Sources,
+    changed_inputs,
+    find_sources,
+    input_files,
+    quant_paths,
+    require_present,
+    stat_key,
+)
+from persona_export.stages._verify_inputs import base_model as find_base_model
 from persona_export.stages.base import StageConfig, StageResult, Status
 from persona_export.verify.checks import FAILED, PASSED, SKIPPED, Check, error_check
-from persona_export.verify.data import bounds_path, load_bounds, load_conversations, prompts_path
+from persona_export.verify.data import load_bounds, load_conversations, prompts_path
 from persona_export.verify.engines import Engines, logit_checks, server_checks
-from persona_export.verify.memory import (
-    available_memory,
-    check_streamed_memory,
-    merged_dtype,
-    streamed_need,
-)
+from persona_export.verify.memory import available_memory, check_streamed_memory, streamed_need
 from persona_export.verify.prompts import Prompt
 
 __all__ = ["FAILED", "PASSED", "SKIPPED", "Check", "VerifyConfig", "VerifyResult", "run"]
@@ -115,145 +117,45 @@ class VerifyResult(StageResult):
 
 
 # --------------------------------------------------------------------------------------------
-# Inputs
-# --------------------------------------------------------------------------------------------
-
-
-def _quant_paths(config: VerifyConfig) -> dict[str, Path]:
-    layout, persona = config.layout, config.persona
-    source = config.source_type.upper()
-    if config.quants:
-        paths = {}
-        for quant in dict.fromkeys(q.upper() for q in config.quants):
-            if quant == source:
-                continue
-            path = layout.gguf(persona, quant)
-            if not path.is_file():
-                raise InputNotFoundError(
-                    f"no {quant} GGUF for {persona} at {path}",
-                    f"make it first: persona-export quantize --persona {persona} --type {quant}",
-                )
-            paths[quant] = path
-        return paths
-    prefix = f"{persona}-"
-    found = {}
-    for path in sorted(layout.gguf_dir(persona).glob(f"{prefix}*.gguf")):
-        quant = path.name[len(prefix) : -len(".gguf")].upper()
-        if quant != source:
-            found[quant] = path
-    return found
-
-
-def _base_model(config: VerifyConfig, merged_dir: Path) -> str:
-    if config.base_model:
-        return config.base_model
-    recorded = (read_json(merged_dir / DIR_MANIFEST) or {}).get("base_model")
-    return recorded if isinstance(recorded, str) and recorded else DEFAULT_BASE_MODEL
-
-
-def _check_inputs(config: VerifyConfig) -> tuple[Path, Path, Path]:
-    layout, persona = config.layout, config.persona
-    merged_dir = layout.merged(persona)
-    if not (merged_dir / "config.json").is_file():
-        raise InputNotFoundError(
-            f"no merged model for {persona} at {merged_dir}",
-            f"merge first: persona-export merge --persona {persona}",
-        )
-    adapter_dir = layout.adapter(persona)
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise InputNotFoundError(
-            f"no adapter for {persona} at {adapter_dir} (adapter_config.json)",
-            "the PEFT check runs base + adapter; give the folder with --adapter-dir",
-        )
-    source = layout.gguf(persona, config.source_type)
-    if not source.is_file():
-        raise InputNotFoundError(
-            f"no {config.source_type.upper()} GGUF for {persona} at {source}",
-            f"convert first: persona-export gguf --persona {persona}",
-        )
-    return merged_dir, adapter_dir, source
-
-
-def _files(folder: Path, prefix: str) -> dict[str, Path]:
-    return {
-        f"{prefix}/{p.name}": p
-        for p in sorted(folder.iterdir())
-        if p.is_file() and not p.name.endswith(".manifest.json")
-    }
-
-
-def _input_files(
-    layout: Layout,
-    persona: str,
-    base_dir: Path,
-    ggufs: Mapping[str, Path],
-    modelfile: Path,
-    prompts: Path,
-) -> dict[str, Path]:
-    return {
-        **_files(layout.merged(persona), "merged"),
-        **_files(layout.adapter(persona), "adapter"),
-        **{k: v for k, v in _files(base_dir, "base").items() if not k.endswith(".md")},
-        **{f"gguf/{path.name}": path for path in ggufs.values()},
-        "modelfile": modelfile,
-        "prompts": prompts,
-        "bounds": bounds_path(),
-    }
-
-
-def _stat_key(path: Path) -> tuple[int, int, int, int]:
-    st = path.stat()
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-
-
-def _changed_inputs(
-    inputs: Mapping[str, Path], before: Mapping[str, tuple[int, int, int, int]]
-) -> list[str]:
-    """Inputs that changed (content, metadata or identity) since ``before`` was taken."""
-    changed = []
-    for name, path in inputs.items():
-        try:
-            if _stat_key(path) != before[name]:
-                changed.append(name)
-        except OSError:
-            changed.append(name)
-    return changed
-
-
-# --------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class _Plan:
-    merged_dir: Path
-    adapter_dir: Path
-    source: Path
+    sources: Sources
     quants: dict[str, Path]
     modelfile: Modelfile
     base_dir: Path
     artifact: Artifact
 
+    @property
+    def merged_dir(self) -> Path:
+        return self.sources.merged_dir
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.sources.adapter_dir
+
+    @property
+    def source(self) -> Path:
+        return self.sources.source
+
 
 def _plan(config: VerifyConfig) -> _Plan:
     from persona_export.hf.base_model import resolve_base_model
 
-    merged_dir, adapter_dir, source = _check_inputs(config)
-    quants = _quant_paths(config)
-    modelfile = Modelfile.read(config.layout.modelfile(config.persona))
+    layout, persona = config.layout, config.persona
+    sources = find_sources(layout, persona, config.source_type)
+    quants = quant_paths(layout, persona, config.source_type, config.quants)
+    modelfile = Modelfile.read(layout.modelfile(persona))
     modelfile.require_gguf()
-    bounds = _bounds(config, merged_dir)
-    base_model = _base_model(config, merged_dir)
+    bounds = _bounds(config, sources)
+    base_model = find_base_model(config.base_model, sources.merged_dir)
     base_dir = resolve_base_model(base_model)
-    ggufs = {config.source_type.upper(): source, **quants, "modelfile": modelfile.gguf}
-    inputs = _input_files(
-        config.layout,
-        config.persona,
-        base_dir,
-        ggufs,
-        config.layout.modelfile(config.persona),
-        prompts_path(config.prompts_file),
+    ggufs = {config.source_type.upper(): sources.source, **quants, "modelfile": modelfile.gguf}
+    inputs = input_files(
+        sources, base_dir, ggufs, layout.modelfile(persona), prompts_path(config.prompts_file)
     )
     report = config.layout.verify_report(config.persona)
     artifact = Artifact(
@@ -276,13 +178,14 @@ def _plan(config: VerifyConfig) -> _Plan:
             "hf_dtype": config.hf_dtype,
         },
         inputs=inputs,
+        dropped_inputs=sources.dropped,
     )
-    return _Plan(merged_dir, adapter_dir, source, quants, modelfile, base_dir, artifact)
+    return _Plan(sources, quants, modelfile, base_dir, artifact)
 
 
-def _bounds(config: VerifyConfig, merged_dir: Path) -> Any:
+def _bounds(config: VerifyConfig, sources: Sources) -> Any:
     return load_bounds(
-        merged_dtype=merged_dtype(merged_dir),
+        merged_dtype=sources.merged_dtype,
         peft_nmse_max=config.peft_nmse_max,
         nmse_max=config.nmse_max,
         top1_min=config.top1_min,
@@ -313,6 +216,7 @@ def run(config: VerifyConfig) -> VerifyResult:
         if previous.get("passed") is True and plan.artifact.fresh(force=config.force):
             checks = _load_report(previous)
             return _result(config, plan, checks, True, Status.UP_TO_DATE, started)
+        require_present(plan.sources, config.persona, config.source_type)
         plan.artifact.check_writable()
         prompts, bos = _prompts(config, plan)
         _memory_preflight(config, plan, prompts)
@@ -353,9 +257,9 @@ def _run_checks(
     artifact = plan.artifact
     # What is certified is what was read: content hashes taken while the checks run (no
     # hash reused from a manifest), and every input confirmed unchanged afterwards.
-    before = {name: _stat_key(path) for name, path in artifact.inputs.items()}
+    before = {name: stat_key(path) for name, path in artifact.inputs.items()}
     hashing = BackgroundRecords(artifact.inputs, {})
-    bounds = _bounds(config, plan.merged_dir)
+    bounds = _bounds(config, plan.sources)
     try:
         with artifact.write() as writing:
             with work_dir(plan.artifact.path) as scratch:
@@ -380,7 +284,7 @@ def _run_checks(
                     log_file=config.layout.verify_server_log(config.persona),
                 )
             records = hashing.result()
-            changed = _changed_inputs(artifact.inputs, before)
+            changed = changed_inputs(artifact.inputs, before)
             if changed:
                 checks.append(
                     error_check(
