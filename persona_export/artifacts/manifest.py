@@ -83,23 +83,29 @@ def matches(
     for name, record in dropped.items():
         if recorded_in[name].get("sha256") != record.get("sha256"):
             return False
-    if outputs is None:
-        return True
-    if set(recorded_out) != set(outputs):
+    if outputs is not None and not _outputs_unchanged(recorded_out, outputs):
         return False
-    for name, path in outputs.items():
-        rec = recorded_out[name]
-        try:
-            st = path.stat()
-        except OSError:
-            return False
-        if st.st_size != rec.get("size") or st.st_mtime_ns != rec.get("mtime_ns"):
-            return False
     for name, path in inputs.items():
         try:
             if record_file(path, recorded_in[name]).sha256 != recorded_in[name].get("sha256"):
                 return False
         except OSError:
+            return False
+    return True
+
+
+def _outputs_unchanged(recorded: Mapping[str, Any], outputs: Mapping[str, Path]) -> bool:
+    """The outputs are the recorded ones, with the recorded sizes and mtimes."""
+    if set(recorded) != set(outputs):
+        return False
+    for name, path in outputs.items():
+        try:
+            st = path.stat()
+        except OSError:
+            return False
+        if st.st_size != recorded[name].get("size") or st.st_mtime_ns != recorded[name].get(
+            "mtime_ns"
+        ):
             return False
     return True
 
