@@ -41,7 +41,7 @@ def _intermediate(
     if name == "merged":
         return Artifact("merge", layout.merged(persona), {}, {}, folder=True)
     if unquantized:
-        return Artifact("gguf", layout.gguf(persona, unquantized), {}, {})
+        return Artifact("gguf", layout.gguf(persona, unquantized), {}, {}, output_name="gguf")
     return None
 
 
