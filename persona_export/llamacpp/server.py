@@ -217,7 +217,7 @@ class LlamaServer:
                         return "".join(parts), event
                     if total_s is not None and time.monotonic() - started > total_s:
                         raise ExternalToolError(
-                            f"llama-server /completion took more than {total_s:.0f} s, the "
+                            f"llama-server /completion took more than {total_s:.1f} s, the "
                             f"limit set from this model's measured speed ({len(parts)} tokens "
                             "so far)",
                             hint,
@@ -229,7 +229,7 @@ class LlamaServer:
             ) from exc
         except TimeoutError as exc:
             raise ExternalToolError(
-                f"llama-server /completion sent no token for {stall_s:.0f} s "
+                f"llama-server /completion sent no token for {stall_s:.1f} s "
                 f"({len(parts)} tokens so far): the server is stuck",
                 hint,
             ) from exc
