@@ -235,6 +235,12 @@ def _prompts(config: VerifyConfig, plan: _Plan) -> tuple[list[Prompt], str | Non
 def _memory_preflight(config: VerifyConfig, plan: _Plan, prompts: list[Prompt]) -> None:
     """Say what the Hugging Face side will need and refuse before loading when it does not
     fit (verify/memory.py)."""
+    from persona_export.verify.logits import streaming
+    from persona_export.verify.memory import check_memory
+
+    if not streaming():
+        check_memory(plan.merged_dir, config.hf_dtype)
+        return
     lengths = [len(p.ids) for p in prompts]
     need = streamed_need(
         [plan.merged_dir, plan.base_dir],
@@ -254,6 +260,8 @@ def _memory_preflight(config: VerifyConfig, plan: _Plan, prompts: list[Prompt]) 
 def _run_checks(
     config: VerifyConfig, plan: _Plan, prompts: list[Prompt], bos: str | None
 ) -> tuple[Check, ...]:
+    from persona_export.verify.logits import streaming
+
     artifact = plan.artifact
     # What is certified is what was read: content hashes taken while the checks run (no
     # hash reused from a manifest), and every input confirmed unchanged afterwards.
@@ -300,6 +308,7 @@ def _run_checks(
                     "persona": config.persona,
                     "passed": passed,
                     "llama_cpp_commit": vendor.commit(),
+                    "hf_engine": "layer-streamed" if streaming() else "whole-model",
                     "base_dir": str(plan.base_dir),
                     "modelfile_gguf": plan.modelfile.gguf.name,
                     "conversations": [list(p.messages) for p in prompts],

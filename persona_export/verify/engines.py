@@ -72,15 +72,13 @@ def _guarded(name: str, checks: list[Check], step: Callable[[], None]) -> bool:
 def logit_checks(engines: Engines, bounds: Bounds, prompts: Sequence[Prompt]) -> list[Check]:
     """The three logit comparisons (see the module docstring)."""
     from persona_export.llamacpp.logits import gguf_logits
-    from persona_export.verify.logits import adapter_logits, model_logits
+    from persona_export.verify.logits import adapter_logits, model_logits, streaming
     from persona_export.verify.metrics import compare
 
     ids = [p.ids for p in prompts]
     checks: list[Check] = []
-    progress(
-        f"merged model logits ({engines.hf_dtype}, {sum(map(len, ids))} positions, one layer "
-        "at a time)"
-    )
+    how = "one layer at a time" if streaming() else "whole model"
+    progress(f"merged model logits ({engines.hf_dtype}, {sum(map(len, ids))} positions, {how})")
     merged = model_logits(engines.merged_dir, ids, dtype=engines.hf_dtype)
     gc.collect()
     progress(f"base + adapter through PEFT ({engines.base_dir})")

@@ -14,7 +14,9 @@ it is then loaded whole (after the whole-model memory preflight), with a warning
 
 The whole-model path, :func:`hf_logits` and :func:`peft_logits` (``from_pretrained`` and
 ``PeftModel.from_pretrained``), is the reference the tests and ``bench/bench_verify.py``
-compare the streamed logits with, and the fallback.
+compare the streamed logits with, and the fallback; ``PERSONA_EXPORT_WHOLE_MODEL_VERIFY=1``
+makes verify use it (the path before layer streaming, for the benchmarks' side-by-side
+runs; the report records which ran).
 
 The models run on the CPU in ``dtype`` (float32 by default), one at a time. Each function
 returns only numpy arrays and has freed its model by the time it returns or raises (no
@@ -26,6 +28,7 @@ imported inside the functions.
 from __future__ import annotations
 
 import gc
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -157,6 +160,16 @@ def _peft_logits(
 # --------------------------------------------------------------------------------------------
 
 
+WHOLE_MODEL_VAR = "PERSONA_EXPORT_WHOLE_MODEL_VERIFY"
+
+
+def streaming() -> bool:
+    """Whether verify runs the Hugging Face side one layer at a time (the default), or
+    whole models (``PERSONA_EXPORT_WHOLE_MODEL_VERIFY`` set to 1, yes, true or on)."""
+    value = os.environ.get(WHOLE_MODEL_VAR, "").strip().lower()
+    return value not in ("1", "yes", "true", "on")
+
+
 def _streamed(
     model_dir: Path, adapter_dir: Path | None, prompts: Sequence[TokenIds], dtype: str
 ) -> list[Array]:
@@ -179,6 +192,8 @@ def model_logits(
     layer at a time (the whole model when it cannot be streamed)."""
     from persona_export.verify.weights import NotStreamable
 
+    if not streaming():
+        return hf_logits(model_dir, prompts, dtype=dtype)
     try:
         return _freeing(_streamed, model_dir, None, prompts, dtype)
     except NotStreamable as exc:
@@ -202,6 +217,8 @@ def adapter_logits(
     from persona_export.verify.weights import NotStreamable
 
     _require_safetensors(adapter_dir)
+    if not streaming():
+        return peft_logits(base_dir, adapter_dir, prompts, dtype=dtype)
     try:
         return _freeing(_streamed, base_dir, adapter_dir, prompts, dtype)
     except NotStreamable as exc:
