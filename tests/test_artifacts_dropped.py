@@ -108,3 +108,29 @@ def test_a_half_dropped_output_is_not_a_clean_tombstone(tmp_path: Path) -> None:
     merged.drop("export --keep")
     (merged.path / "model.safetensors").write_bytes(b"left behind")
     assert not merged.dropped_fresh()  # made again rather than trusted
+
+
+def test_a_folder_can_keep_its_small_files(tmp_path: Path) -> None:
+    """What export does with the merged folder: the weights go, config and tokenizer stay;
+    a consumer reads the kept files as they are and the weights by their records."""
+    merged, _ = _produce(tmp_path)
+    f16 = _consume(tmp_path, merged)
+    freed = merged.drop("export --keep", select=lambda name: name.endswith(".safetensors"))
+    assert freed == 1400
+    assert sorted(list_files(merged.path)) == ["config.json"]
+    assert json.loads(merged.manifest.read_text())[DROPPED]["files"] == ["model.safetensors"]
+    records = dropped_outputs(merged.manifest)
+    assert records is not None and sorted(records) == ["model.safetensors"]
+    assert merged.dropped_fresh()
+    consumer = Artifact(
+        "gguf",
+        f16.path,
+        f16.options,
+        list_files(merged.path),
+        output_name="gguf",
+        dropped_inputs=records,
+    )
+    assert consumer.fresh()
+    (merged.path / "config.json").write_text('{"edited": 1}')  # a kept file changed
+    assert not merged.dropped_fresh()
+    assert not consumer.fresh()

@@ -46,8 +46,10 @@ def test_keep_none_drops_then_reruns_are_no_ops_and_rebuild_on_demand(
     first = _export(project, "--keep", "none")
     assert first.exit_code == 0, first.output
     assert _statuses(first.stdout) == {"done"}
-    # dropped after verify, which read them: only the tombstones are left
-    assert [p.name for p in merged.iterdir()] == [DIR_MANIFEST]
+    # dropped after verify, which read them: the merged weights and the F16 are gone, the
+    # merged folder's config and tokenizer stay (the Modelfile is made from them)
+    assert not list(merged.glob("*.safetensors"))
+    assert (merged / "config.json").is_file() and (merged / "tokenizer.json").is_file()
     assert _tombstone(merged / DIR_MANIFEST)
     assert not f16.exists() and _tombstone(f16.with_name(f16.name + ".manifest.json"))
     assert q4.is_file() and layout.modelfile(PERSONA).is_file()
@@ -62,7 +64,7 @@ def test_keep_none_drops_then_reruns_are_no_ops_and_rebuild_on_demand(
     again = _export(project, "--keep", "none")
     assert again.exit_code == 0, again.output
     assert _statuses(again.stdout) == {"up to date"}
-    assert [p.name for p in merged.iterdir()] == [DIR_MANIFEST] and not f16.exists()
+    assert not list(merged.glob("*.safetensors")) and not f16.exists()
 
     # Other commands say what was dropped and how to make it again.
     quantize = CliRunner().invoke(
@@ -77,10 +79,12 @@ def test_keep_none_drops_then_reruns_are_no_ops_and_rebuild_on_demand(
         app, ["verify", "--persona", PERSONA, *layout_args(layout), "--force"]
     )
     assert verify.exit_code == 1
-    assert _errors(verify.stderr)[0].startswith(
-        "error: verify needs the merged model and cap-F16.gguf, which export --keep dropped: "
-        "without them it cannot check peft-vs-merged, merged-vs-F16"
-    )
+    assert _errors(verify.stderr) == [
+        "error: verify needs the merged model's weights and cap-F16.gguf, which export --keep "
+        "dropped: without them it cannot check peft-vs-merged, merged-vs-F16, F16-vs-<quant>",
+        "hint: make them again: persona-export merge --persona cap && persona-export gguf "
+        "--persona cap (export does this by itself, verifies, and drops them again)",
+    ]
 
     # A new quantization type needs the F16, which needs the merged model: both are made
     # again, the Q4_K_M stays as it was, verify runs, and both are dropped again.
@@ -91,7 +95,7 @@ def test_keep_none_drops_then_reruns_are_no_ops_and_rebuild_on_demand(
     assert statuses["quantize"] == "done" and statuses["verify"] == "done"
     assert q4.stat().st_mtime_ns == q4_mtime
     assert layout.gguf(PERSONA, "Q8_0").is_file()
-    assert [p.name for p in merged.iterdir()] == [DIR_MANIFEST] and not f16.exists()
+    assert not list(merged.glob("*.safetensors")) and not f16.exists()
 
     # --keep keeps what is there; it does not make dropped files again (that would need the
     # disk --keep was saving): the default is a no-op here too.
@@ -106,7 +110,7 @@ def test_keep_none_drops_then_reruns_are_no_ops_and_rebuild_on_demand(
             + (["--base-model-id", str(project.base)] if command == "merge" else []),
         )
         assert made.exit_code == 0, made.output
-    assert (merged / "config.json").is_file() and f16.is_file()
+    assert list(merged.glob("*.safetensors")) and f16.is_file()
     assert not _tombstone(merged / DIR_MANIFEST)
     assert not _tombstone(f16.with_name(f16.name + ".manifest.json"))
     final = _export(project, "--quant", "Q4_K_M", "--quant", "Q8_0")

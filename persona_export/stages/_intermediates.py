@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 INTERVAL_S = 0.25
 KEEPABLE = ("merged", "f16")  # the merged folder, the unquantized GGUF (F16, BF16 or F32)
-# the steps that read each intermediate
+# the steps that read each intermediate's dropped part (the modelfile stage reads the merged
+# folder's tokenizer and license, which are kept)
 READERS = {"merged": ("gguf", "verify"), "f16": ("quantize", "verify")}
 
 
@@ -43,6 +44,14 @@ def _intermediate(
     if unquantized:
         return Artifact("gguf", layout.gguf(persona, unquantized), {}, {}, output_name="gguf")
     return None
+
+
+def _weights(name: str) -> bool:
+    return name.endswith(".safetensors")
+
+
+def _all(name: str) -> bool:
+    return True
 
 
 def drop_finished(config: ExportConfig, persona: str, done: Mapping[str, StageResult]) -> list[str]:
@@ -64,7 +73,11 @@ def drop_finished(config: ExportConfig, persona: str, done: Mapping[str, StageRe
             continue
         try:
             with persona_lock(config.layout.lock_file(persona), on_wait=console.info):
-                freed = artifact.drop("export --keep")
+                # the merged folder keeps its config, tokenizer and license (the Modelfile is
+                # made from them), only its weights go
+                freed = artifact.drop(
+                    "export --keep", select=_weights if name == "merged" else _all
+                )
         except OutputConflictError as exc:
             console.warn(f"{exc.message} ({exc.hint})")
             continue

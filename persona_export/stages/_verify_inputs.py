@@ -2,8 +2,8 @@
 adapter, the base, the GGUFs, the Modelfile, the prompts and bounds, as the files the report
 certifies.
 
-An intermediate that ``export --keep`` dropped (the merged folder, the unquantized GGUF) is
-known by the records its tombstone keeps (artifacts/artifact.py): a passing report made from
+An intermediate that ``export --keep`` dropped (the merged model's weights, the unquantized
+GGUF) is known by the records its tombstone keeps (artifacts/artifact.py): a passing report made from
 exactly those files stays up to date without them; running the checks again needs them back
 (:func:`require_present`).
 """
@@ -52,7 +52,7 @@ def find_sources(layout: Layout, persona: str, source_type: str) -> Sources:
     merged = dropped_outputs(merged_dir / DIR_MANIFEST)
     if merged is not None:
         dropped.update({f"merged/{name}": rec for name, rec in merged.items()})
-        parts.append("the merged model")
+        parts.append("the merged model's weights")
     elif not (merged_dir / "config.json").is_file():
         raise InputNotFoundError(
             f"no merged model for {persona} at {merged_dir}",
@@ -82,19 +82,22 @@ def require_present(sources: Sources, persona: str, source_type: str) -> None:
     saying which checks cannot run without it and how to get it back."""
     if not sources.dropped_parts:
         return
-    merged = "the merged model" in sources.dropped_parts
-    cannot = (
-        "peft-vs-merged, merged-vs-{0} and the template and token checks (the merged tokenizer)"
-        if merged
-        else "merged-vs-{0} and {0}-vs-<quant>"
-    ).format(source_type.upper())
-    rebuild = f"persona-export merge --persona {persona} && " if merged else ""
+    merged = "the merged model's weights" in sources.dropped_parts
+    gguf = len(sources.dropped_parts) > int(merged)
+    src = source_type.upper()
+    cannot = ["peft-vs-merged"] if merged else []
+    cannot.append(f"merged-vs-{src}")
+    if gguf:
+        cannot.append(f"{src}-vs-<quant>")
+    rebuild = f"persona-export merge --persona {persona}" if merged else ""
+    if gguf:
+        rebuild += (" && " if rebuild else "") + f"persona-export gguf --persona {persona}"
     raise DroppedInputError(
         f"verify needs {' and '.join(sources.dropped_parts)}, which export --keep dropped: "
         f"without {'them' if len(sources.dropped_parts) > 1 else 'it'} it cannot check "
-        f"{cannot}",
-        f"rebuild: {rebuild}persona-export gguf --persona {persona} (export rebuilds them by "
-        "itself, verifies, and drops them again)",
+        f"{', '.join(cannot)}",
+        f"make {'them' if len(sources.dropped_parts) > 1 else 'it'} again: {rebuild} (export "
+        "does this by itself, verifies, and drops them again)",
         stage="merge" if merged else "gguf",
     )
 

@@ -142,7 +142,8 @@ def _after_dropped_merge(config: GgufConfig, dropped: dict[str, Any], started: f
         merge = read_json(config.layout.merged(persona) / DIR_MANIFEST) or {}
         dtype = (merge.get("options") or {}).get("dtype")
         outtype = "bf16" if dtype == "bfloat16" else "f16"
-    artifact = _artifact(config, outtype, {}, dropped)
+    # the files the tombstone kept (config, tokenizer) as they are, the weights by record
+    artifact = _artifact(config, outtype, list_files(config.layout.merged(persona)), dropped)
     if artifact.fresh(force=config.force):
         return _result_from_manifest(config, artifact, outtype.upper(), started)
     if config.accept_dropped and artifact.dropped_fresh(force=config.force):
