@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from persona_export.errors import UnsupportedError
 from persona_export.verify.memory import HEAD_BLOCK_BYTES
 from persona_export.verify.metrics import Array
 from persona_export.verify.weights import NotStreamable, WeightSource, is_hollow
@@ -265,11 +264,11 @@ def _peft_model(core: nn.Module, adapter_dir: Path, source: WeightSource) -> nn.
     config = PeftConfig.from_pretrained(str(adapter_dir))
     init = getattr(config, "init_lora_weights", True)
     if isinstance(init, str) and init.lower().startswith(_REWRITES_BASE):
-        raise UnsupportedError(
-            f"{adapter_dir}: init_lora_weights={init!r}: PEFT rewrites the base weights when it "
-            "loads such an adapter, which verify cannot stream",
-            "convert the adapter to a plain LoRA (PEFT's docs: path_initial_model_for_weight_"
-            "conversion), or verify with --no-verify",
+        # PEFT computes these from the base weights when it loads the adapter: only a whole
+        # base model gives them
+        raise NotStreamable(
+            f"{adapter_dir}: init_lora_weights={init!r} makes PEFT rewrite the base weights "
+            "as it loads the adapter"
         )
     # A base tensor the adapter replaces whole (resized embeddings) is loaded by copying into
     # the parameter, which keeps ties: it gets real storage just before.
