@@ -5,9 +5,8 @@ one, side by side in one run, on a synthetic base + an r=16 LoRA merged by our m
         [--layers N] [--dtype float32|bfloat16] [--skip-old] [--work-dir DIR]
 
 Each path runs in a child process of its own, as verify runs it: the merged model's logits,
-then base + adapter through PEFT, on the token ids of the shipped verify prompts (the
-Phi-4-mini chat template and tokenizer with a persona system prompt; the Llama-3 shape has
-no tokenizer, so random ids of the same lengths). Printed per path: wall time, the child's
+then base + adapter through PEFT, on the token ids of the shipped verify prompts (each model's own chat template and
+tokenizer, with a persona system prompt). Printed per path: wall time, the child's
 peak RSS (its own, ``getrusage``), and the figure verify's peft-vs-merged check reports
 (NMSE); then how the two paths' logits differ. Targets (issue 14, on the full-size
 Phi-4-mini in float32): streamed peak RSS <= 3 GiB, wall time <= 1.2x the whole-model

@@ -1460,8 +1460,9 @@ def make_llama3_synthetic(
 ) -> Path:
     """Write a Llama-3-8B-shaped checkpoint (defaults: the real sizes, 8,030,261,248
     parameters, 16 GB in bf16, untied lm_head, llama3 RoPE scaling) tensor by tensor, with
-    config.json and generation_config.json but no tokenizer (logits benchmarks feed token
-    ids). Returns ``out_dir``."""
+    config.json, generation_config.json and a Llama-3-style tokenizer on cl100k (Llama-3's
+    own vocabulary is not available: its ids stay below the 128256 embedding rows; see
+    :func:`cl100k_tokenizer_files`). Returns ``out_dir``."""
     out_dir = Path(out_dir)
     head_dim = hidden_size // num_heads
     shapes: list[tuple[str, tuple[int, ...]]] = [
@@ -1482,12 +1483,15 @@ def make_llama3_synthetic(
         ]
     shapes += [("model.norm.weight", (hidden_size,)), ("lm_head.weight", (vocab_size, hidden_size))]
     _write_synthetic(out_dir, shapes, dtype=dtype, shard_size_gb=shard_size_gb, seed=seed)
+    cl100k_tokenizer_files(out_dir)
+    _, ids = _vocab_len(out_dir)
+    bos, eos = ids["<|begin_of_text|>"], [ids["<|end_of_text|>"], ids["<|eot_id|>"]]
     cfg = {
         "architectures": ["LlamaForCausalLM"],
         "attention_bias": False,
         "attention_dropout": 0.0,
-        "bos_token_id": 128000,
-        "eos_token_id": [128001, 128008, 128009],
+        "bos_token_id": bos,
+        "eos_token_id": eos,
         "head_dim": head_dim,
         "hidden_act": "silu",
         "hidden_size": hidden_size,
@@ -1516,10 +1520,7 @@ def make_llama3_synthetic(
         "vocab_size": vocab_size,
     }
     _dump_json(out_dir / "config.json", cfg)
-    _dump_json(
-        out_dir / "generation_config.json",
-        {"bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009]},
-    )
+    _dump_json(out_dir / "generation_config.json", {"bos_token_id": bos, "eos_token_id": eos})
     return out_dir
 
 

@@ -159,44 +159,58 @@ def test_streamed_peft_logits_equal_the_whole_models(
 def test_one_layer_at_a_time_and_never_a_whole_vocabulary_tensor(
     tiny_phi4mini: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """While base + adapter run, at most one decoder layer's weights are filled at once, and
-    the embedding (200064 rows) is read row by row and block by block, never whole."""
+    """While base + adapter run, one decoder layer's weights are in the model at a time and
+    at most two are in memory (the next is read meanwhile); the embedding (200064 rows) is
+    read row by row and block by block, never whole."""
     adapter = mk.make_adapter(tiny_phi4mini, tmp_path / "adapter")
-    filled: dict[int, str] = {}
-    peak: list[int] = [0]
+    layer_of: dict[int, str] = {}
+    held: set[int] = set()  # loaded and not emptied yet
+    installed: set[int] = set()
+    peaks = {"held": 0, "installed": 0}
     reads: list[tuple[str, int, int]] = []
-    original_fill, original_empty, original_read = (
-        WeightSource.fill,
+    load, install, empty, read = (
+        WeightSource.load,
+        WeightSource.install,
         WeightSource.empty,
         WeightSource.read,
     )
 
-    def layers_filled() -> int:
-        return len({n.split(".")[2] for n in filled.values() if n.startswith("model.layers.")})
+    def layers(ids: set[int]) -> int:
+        return len({layer_of[i] for i in ids if layer_of.get(i, "").startswith("model.layers.")})
 
-    def fill(self: WeightSource, params: Any) -> list[Any]:
-        done = original_fill(self, params)
-        filled.update({id(p): self.names[id(p)] for p in done})
-        peak[0] = max(peak[0], layers_filled())
+    def watched_load(self: WeightSource, params: Any) -> Any:
+        done = load(self, params)
+        for p, _ in done:
+            layer_of[id(p)] = ".".join(self.names[id(p)].split(".")[:3])
+            held.add(id(p))
+        peaks["held"] = max(peaks["held"], layers(held))
         return done
 
-    def empty(params: Any) -> None:
-        for p in params:
-            filled.pop(id(p), None)
-        original_empty(params)
+    def watched_install(loaded: Any) -> Any:
+        done = install(loaded)
+        installed.update(id(p) for p in done)
+        peaks["installed"] = max(peaks["installed"], layers(installed))
+        return done
 
-    def read(self: WeightSource, name: str, start: int = 0, stop: int | None = None) -> Any:
-        out = original_read(self, name, start, stop)
+    def watched_empty(params: Any) -> None:
+        params = list(params)
+        held.difference_update(id(p) for p in params)
+        installed.difference_update(id(p) for p in params)
+        empty(params)
+
+    def watched_read(self: WeightSource, name: str, start: int = 0, stop: int | None = None) -> Any:
+        out = read(self, name, start, stop)
         reads.append((name, start, start + out.shape[0] if out.dim() else 0))
         return out
 
-    monkeypatch.setattr(WeightSource, "fill", fill)
-    monkeypatch.setattr(WeightSource, "empty", staticmethod(empty))
-    monkeypatch.setattr(WeightSource, "read", read)
+    monkeypatch.setattr(WeightSource, "load", watched_load)
+    monkeypatch.setattr(WeightSource, "install", staticmethod(watched_install))
+    monkeypatch.setattr(WeightSource, "empty", staticmethod(watched_empty))
+    monkeypatch.setattr(WeightSource, "read", watched_read)
     monkeypatch.setattr(streaming, "HEAD_BLOCK_BYTES", 16 << 20)
     verify_logits.adapter_logits(tiny_phi4mini, adapter, PROMPTS)
 
-    assert peak[0] == 1
+    assert peaks == {"held": 2, "installed": 1}
     embedding = [(a, b) for name, a, b in reads if name == "model.embed_tokens.weight"]
     rows = 200064
     assert embedding, "the embedding was never read"

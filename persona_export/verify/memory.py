@@ -4,11 +4,10 @@ available, said before anything is loaded.
 The layer-streamed path (:mod:`persona_export.verify.streaming`) holds at once, at most:
 
 * the runtime (Python, torch, transformers, PEFT, the tokenizer): :data:`RUNTIME_BYTES`;
-* the largest decoder layer in the compute dtype, plus its largest tensor as stored (read
-  before it is converted);
+* the largest decoder layer in the compute dtype twice (the next one is read while one
+  runs), plus its largest tensor as stored (read before it is converted);
 * the adapter's tensors twice in float32 (PEFT loads them, then copies them into its layers);
-* a block of output-layer rows (:data:`HEAD_BLOCK_BYTES`,
-  plus the same rows as stored);
+* two blocks of output-layer rows (:data:`HEAD_BLOCK_BYTES` each, plus the rows as stored);
 * the logits: ``logits_held`` engines' worth of positions x vocabulary float32 values (the
   merged model's are kept while PEFT's are computed), plus one prompt's in flight;
 * the activations: each prompt's hidden state between layers and one layer's working set.
@@ -135,9 +134,9 @@ def streamed_need(
     return Need(
         {
             "runtime": RUNTIME_BYTES,
-            "largest layer": layer + stored,
+            "largest layer": 2 * layer + stored,
             "adapter": adapter,
-            "output layer block": HEAD_BLOCK_BYTES * 3 // 2 if vocab else 0,
+            "output layer blocks": HEAD_BLOCK_BYTES * 5 // 2 if vocab else 0,
             "logits": (logits_held * positions + longest) * vocab * 4,
             "activations": activations,
         }

@@ -10,11 +10,13 @@ it, so the LoRA layers that run are PEFT's. Then, for all prompts together:
    mask, position embeddings, ... exactly as the model computes them, per layer) and passes
    the hidden state on; the output layer is a stub that stops the forward;
 2. *layers*: each decoder layer in turn gets its weights from the checkpoint, runs on every
-   prompt's hidden state with the arguments recorded for it, and is emptied again;
+   prompt's hidden state with the arguments recorded for it, and is emptied again; the next
+   layer's weights are read (and converted) in a thread meanwhile, as ``from_pretrained``
+   loads in threads, so at most two layers are in memory;
 3. *final norm*: the forward runs again with stubs that hand back the last layer's output;
    the output layer's stub keeps what it is given;
 4. *output layer*: computed a block of vocabulary rows at a time, each block read once for
-   all prompts;
+   all prompts (the next one in a thread meanwhile);
 5. the forward runs a last time with an output layer that returns those logits, so that
    whatever a model does after its head (none of Llama, Phi-3, Qwen2 and GPT-2 does
    anything) still happens.
@@ -33,7 +35,8 @@ checkpoint again. Running layer-major reads each weight once for all prompts.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -150,21 +153,38 @@ class _BlockHead:
             return self.source.read(name, start, stop)
         return param[start:stop]
 
+    def _block(self, start: int, stop: int) -> tuple[Any, Any]:
+        weight, bias = self.linear.weight, self.linear.bias
+        return self._rows(weight, start, stop), None if bias is None else self._rows(
+            bias, start, stop
+        )
+
     def __call__(self, hiddens: Sequence[Any]) -> list[Any]:
         import torch
         import torch.nn.functional as F
 
-        weight, bias = self.linear.weight, self.linear.bias
-        rows, width = weight.shape
-        block = max(1, HEAD_BLOCK_BYTES // (width * weight.element_size()))
+        rows, width = self.linear.weight.shape
+        step = max(1, HEAD_BLOCK_BYTES // (width * self.linear.weight.element_size()))
+        blocks = [(start, min(rows, start + step)) for start in range(0, rows, step)]
         outs = [torch.empty((*h.shape[:-1], rows), dtype=h.dtype) for h in hiddens]
-        for start in range(0, rows, block):
-            stop = min(rows, start + block)
-            w = self._rows(weight, start, stop)
-            b = None if bias is None else self._rows(bias, start, stop)
+        # the next block is read while this one is computed
+        for (start, stop), (w, b) in zip(blocks, _ahead(self._block, blocks), strict=True):
             for hidden, out in zip(hiddens, outs, strict=True):
                 out[..., start:stop] = F.linear(hidden, w, b)
         return outs
+
+
+def _ahead(load: Callable[..., Any], jobs: Sequence[tuple[Any, ...]]) -> Iterator[Any]:
+    """``load(*job)`` for each job in order, the next one running in a thread while the
+    caller works on this one (one result ahead: at most two in memory)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="verify-weights") as pool:
+        pending = pool.submit(load, *jobs[0]) if jobs else None
+        for k in range(len(jobs)):
+            assert pending is not None
+            done = pending.result()
+            pending = pool.submit(load, *jobs[k + 1]) if k + 1 < len(jobs) else None
+            yield done
+            del done
 
 
 class _Capture:
@@ -346,10 +366,16 @@ def _run(model: _Model, prompts: Sequence[TokenIds]) -> list[Array]:
             for item in items:  # 1. prelude: what each layer is called with
                 recorders = [_Recorder(item, first=i == 0) for i in range(count)]
                 _forward(model, item, recorders, _raise_stop)
-            for i, layer in enumerate(originals):  # 2. the layers, one at a time
-                with model.source.filled(layer):
+            jobs = [(list(layer.parameters()),) for layer in originals]
+            loaded = _ahead(model.source.load, jobs)  # the next layer read meanwhile
+            for i, (layer, values) in enumerate(zip(originals, loaded, strict=True)):  # 2.
+                params = model.source.install(values)
+                del values
+                try:
                     for item in items:
                         item.hidden = item.calls[i](layer, item.hidden)
+                finally:
+                    model.source.empty(params)
             finals = [_final_hidden(model, item) for item in items]  # 3. final norm
             for item in items:
                 item.calls.clear()

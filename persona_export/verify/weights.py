@@ -79,7 +79,12 @@ class WeightSource:
 
     @classmethod
     def open(cls, folder: Path, dtype: torch.dtype) -> WeightSource:
-        return cls(read_checkpoint(folder), dtype)
+        """The checkpoint in ``folder``, its files opened (reads may come from two threads:
+        ``pread`` at an offset shares nothing)."""
+        source = cls(read_checkpoint(folder), dtype)
+        for path in source.checkpoint.shard_files:
+            source._fd(path)
+        return source
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -161,16 +166,30 @@ class WeightSource:
             return name[len(prefix) + 1 :]  # saved from the bare base model (GPT-2's h.0...)
         return None
 
-    def fill(self, params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
-        """Give each hollow parameter of ``params`` its checkpoint values; returns those
-        filled (for :meth:`empty`)."""
-        filled = []
+    def load(self, params: Iterable[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The checkpoint values of each hollow parameter of ``params`` (nothing is changed:
+        safe to run in another thread while the model computes)."""
+        loaded = []
         for param in params:
             name = self.names.get(id(param))
             if name is not None and is_hollow(param):
-                param.data = self.read(name).to(param.dtype)
-                filled.append(param)
+                loaded.append((param, self.read(name).to(param.dtype)))
+        return loaded
+
+    @staticmethod
+    def install(loaded: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+        """Give the parameters :meth:`load` read their values; returns them (for
+        :meth:`empty`)."""
+        filled = []
+        for param, value in loaded:
+            param.data = value
+            filled.append(param)
         return filled
+
+    def fill(self, params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+        """Give each hollow parameter of ``params`` its checkpoint values; returns those
+        filled (for :meth:`empty`)."""
+        return self.install(self.load(params))
 
     @staticmethod
     def empty(params: Iterable[torch.Tensor]) -> None:
