@@ -25,6 +25,8 @@ OLLAMA_ARGS ?=
 STATUS_ARGS ?=
 # a personas TOML of your own, read after templates/personas.toml and ./personas.toml
 PERSONAS    ?=
+# extra options for bench-export / bench-verify, e.g. BENCH_ARGS="--size small"
+BENCH_ARGS  ?=
 
 ADAPTER   := $(ADAPTER_DIR)/$(persona)_final_adapter
 MERGED    := $(MERGED_DIR)/$(persona)/persona_export_manifest.json
@@ -34,7 +36,7 @@ MODELFILE := $(GGUF_DIR)/$(persona)/Modelfile
 DIRS      := --adapter-dir $(ADAPTER_DIR) --output-dir-base $(MERGED_DIR) --gguf-dir $(GGUF_DIR)
 
 .PHONY: help setup vendor test test-fast fuzz lint format demo bench bench-merge bench-gguf \
-        bench-chain bench-export \
+        bench-chain bench-export bench-verify \
         merge gguf quantize modelfile ollama verify export status doctor clean-build need-persona
 
 help:
@@ -46,8 +48,9 @@ help:
 	@echo "make status                      every persona: what is exported, stale (and why), verified, registered"
 	@echo "make persona=NAME merge|gguf|quantize|modelfile|ollama|verify"
 	@echo "                                 run the chain up to that stage (QUANT=$(QUANT), BASE_MODEL=...)"
-	@echo "make bench-merge|bench-gguf|bench-chain|bench-export"
-	@echo "                                 benchmarks on a full-size synthetic Phi-4-mini (make bench: all)"
+	@echo "make bench-merge|bench-gguf|bench-chain|bench-export|bench-verify"
+	@echo "                                 benchmarks on a full-size synthetic Phi-4-mini (make bench: all;"
+	@echo "                                 BENCH_ARGS=\"--size small\" for bench-export/bench-verify)"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -141,6 +144,9 @@ bench-chain: setup
 	$(PY) bench/bench_chain.py
 
 bench-export: setup
-	$(PY) bench/bench_export.py
+	$(PY) bench/bench_export.py $(BENCH_ARGS)
 
-bench: bench-merge bench-gguf bench-chain bench-export
+bench-verify: setup
+	$(PY) bench/bench_verify.py $(BENCH_ARGS)
+
+bench: bench-merge bench-gguf bench-chain bench-export bench-verify

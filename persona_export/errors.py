@@ -36,6 +36,15 @@ class InputNotFoundError(PersonaExportError, FileNotFoundError):
     """An input file or folder a stage needs does not exist."""
 
 
+class DroppedInputError(InputNotFoundError):
+    """An input was deliberately dropped (``export --keep``) and is needed again; ``stage``
+    names the stage that makes it (``export`` rebuilds it by itself)."""
+
+    def __init__(self, message: str, hint: str | None = None, *, stage: str) -> None:
+        super().__init__(message, hint)
+        self.stage = stage
+
+
 class InvalidInputError(PersonaExportError, ValueError):
     """An input exists but is unusable: corrupt, mismatched or unsupported."""
 

@@ -6,6 +6,7 @@ gguf_models/<persona>/<persona>-F16.gguf       gguf output (+ .manifest.json)
 gguf_models/<persona>/<persona>-Q4_K_M.gguf    quantize output (+ .manifest.json)
 gguf_models/<persona>/Modelfile                modelfile output (FROM ./<persona>-Q4_K_M.gguf)
 gguf_models/<persona>/verify.json              verify report
+gguf_models/<persona>/verify.llama-server.log  verify's llama-server log
 """
 
 from __future__ import annotations
@@ -88,6 +89,10 @@ class Layout:
             "nothing was written",
             "keep them apart, e.g. --output-dir-base merged_models --gguf-dir gguf_models",
         )
+
+    def verify_server_log(self, persona: str) -> Path:
+        """The log of the llama-server verify runs, kept beside the report."""
+        return self.gguf_dir(persona) / "verify.llama-server.log"
 
     def lock_file(self, persona: str) -> Path:
         """The lock every stage writing ``persona`` holds (artifacts/lock.py)."""

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -146,6 +146,13 @@ def stop(proc: subprocess.Popen[Any], *, group: bool = False, grace_s: float | N
 # --------------------------------------------------------------------------------------
 
 
+def _log_temp(path: Path) -> tuple[Path, int]:
+    """A new temporary sibling of ``path`` (created exclusively, never through a link)."""
+    tmp = path.parent / f".{path.name}.partial-{os.getpid()}-{time.monotonic_ns()}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    return tmp, os.open(tmp, flags | getattr(os, "O_CLOEXEC", 0), 0o644)
+
+
 class _Log:
     """A log written to a new temporary sibling of ``path`` (created exclusively, never
     through a link) and renamed onto ``path`` when the program ends: a link at ``path`` is
@@ -153,9 +160,7 @@ class _Log:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.tmp = path.parent / f".{path.name}.partial-{os.getpid()}-{time.monotonic_ns()}"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-        fd = os.open(self.tmp, flags | getattr(os, "O_CLOEXEC", 0), 0o644)
+        self.tmp, fd = _log_temp(path)
         self.file: IO[str] = os.fdopen(fd, "w", encoding="utf-8", errors="replace")
 
     def write(self, line: str) -> None:
@@ -171,6 +176,25 @@ class _Log:
             self.tmp.unlink(missing_ok=True)
             if not failing:
                 raise
+
+
+@contextlib.contextmanager
+def program_log(path: Path) -> Iterator[tuple[IO[bytes], Path]]:
+    """A log for a long-running program's output (``stdout=``): yields the open binary file
+    and where it is being written (a temporary sibling of ``path``, as :class:`_Log`); when
+    the block ends, however it ends, the log is renamed onto ``path``, so a log an error
+    message names exists once the command is over."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp, fd = _log_temp(path)
+    file = os.fdopen(fd, "wb")
+    try:
+        yield file, tmp
+    finally:
+        file.close()
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------

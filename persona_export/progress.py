@@ -20,6 +20,8 @@ import time
 from collections.abc import Iterator
 from typing import IO, Any
 
+from persona_export.units import human_size
+
 # Plain mode: at most one line per this many seconds (the last line is always printed).
 PLAIN_MIN_INTERVAL_S = 1.0
 LABEL_WIDTH = 18  # bars of successive steps line up
@@ -28,10 +30,7 @@ LABEL_WIDTH = 18  # bars of successive steps line up
 def amount(value: float, unit: str) -> str:
     """``value`` of ``unit`` for people: bytes as kB/MB/GB, percentages as %, else a count."""
     if unit == "B":
-        for suffix, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-            if value >= scale:
-                return f"{value / scale:.1f} {suffix}"
-        return f"{value:.0f} B"
+        return human_size(value)
     if unit == "%":
         return f"{value:.0f}%"
     return f"{value:,.0f} {unit}".rstrip()

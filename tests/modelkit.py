@@ -9,6 +9,8 @@ Public API (used by tests, fixtures and benchmarks):
 * :func:`make_phi4mini` -- tiny ``Phi3ForCausalLM`` folder shaped like Phi-4-mini-instruct.
 * :func:`make_llama` -- tiny ``LlamaForCausalLM`` with a SentencePiece or byte-level BPE tokenizer.
 * :func:`make_gpt2` -- tiny ``GPT2LMHeadModel`` (Conv1D layers) with a ChatML template.
+* :func:`make_qwen2` -- tiny ``Qwen2ForCausalLM`` (q/k/v biases, sliding-window layers), no
+  tokenizer.
 * :func:`make_adapter` -- a real PEFT LoRA/DoRA adapter for any of the above.
 * :func:`make_phi4mini_synthetic` / :func:`make_synthetic_adapter` -- full-size Phi-4-mini
   shaped checkpoint and adapter, written tensor by tensor (benchmarks).
@@ -1130,12 +1132,56 @@ def make_gpt2(
     return out_dir
 
 
+def make_qwen2(
+    out_dir: Path,
+    *,
+    hidden_size: int = 64,
+    num_layers: int = 3,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    vocab_size: int = 320,
+    sliding_window: int = 4,
+    dtype: str = "bfloat16",
+    seed: int = 0,
+) -> Path:
+    """Write a tiny Qwen2ForCausalLM folder (weights and config only, no tokenizer): q/k/v
+    with biases, tied embeddings, and a sliding window on every layer after the first
+    (``max_window_layers=1``), so its layers get different attention masks. Returns
+    ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = {
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "hidden_size": hidden_size,
+        "intermediate_size": 2 * hidden_size,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": num_heads,
+        "num_key_value_heads": num_kv_heads,
+        "vocab_size": vocab_size,
+        "max_position_embeddings": 512,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": True,
+        "use_sliding_window": True,
+        "sliding_window": sliding_window,
+        "max_window_layers": 1,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "torch_dtype": dtype,
+        "transformers_version": "4.45.0",
+    }
+    _save_random_model(cfg, out_dir, dtype=dtype, seed=seed)
+    return out_dir
+
+
 # --------------------------------------------------------------------------------------
 # Adapters
 # --------------------------------------------------------------------------------------
 
 DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
     "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     "gpt2": ["c_attn", "c_proj"],
 }
@@ -1351,13 +1397,7 @@ def make_phi4mini_synthetic(
     Writes model-0000K-of-0000N.safetensors + model.safetensors.index.json, config.json,
     generation_config.json and the o200k tokenizer files.
     """
-    import torch
-    from safetensors.torch import save_file
-
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch_dtype = _torch_dtype(dtype)
-    itemsize = torch.empty((), dtype=torch_dtype).element_size()
     shapes = phi4mini_tensor_shapes(
         num_layers=num_layers,
         hidden_size=hidden_size,
@@ -1366,6 +1406,39 @@ def make_phi4mini_synthetic(
         num_kv_heads=num_kv_heads,
         vocab_size=PHI4MINI_VOCAB_SIZE,
     )
+    _write_synthetic(out_dir, shapes, dtype=dtype, shard_size_gb=shard_size_gb, seed=seed)
+    cfg = phi4mini_config(
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        intermediate_size=intermediate_size,
+        dtype=dtype,
+    )
+    _dump_json(out_dir / "config.json", cfg)
+    _dump_json(
+        out_dir / "generation_config.json", _phi4mini_generation_config(200020, PHI4MINI_EOS_ID)
+    )
+    o200k_tokenizer_files(out_dir)
+    return out_dir
+
+
+def _write_synthetic(
+    out_dir: Path,
+    shapes: list[tuple[str, tuple[int, ...]]],
+    *,
+    dtype: str,
+    shard_size_gb: float,
+    seed: int,
+) -> None:
+    """Write ``shapes`` (in order) as N(0, 0.02) tensors (norm weights: ones) into shards of
+    at most ``shard_size_gb``, one shard in memory at a time, plus the index."""
+    import torch
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch_dtype = _torch_dtype(dtype)
+    itemsize = torch.empty((), dtype=torch_dtype).element_size()
     limit = int(shard_size_gb * 1e9)
     shards: list[list[tuple[str, tuple[int, ...]]]] = [[]]
     current = 0
@@ -1395,20 +1468,99 @@ def make_phi4mini_synthetic(
         out_dir / "model.safetensors.index.json",
         {"metadata": {"total_size": total}, "weight_map": weight_map},
     )
-    cfg = phi4mini_config(
-        hidden_size=hidden_size,
-        num_layers=num_layers,
-        num_heads=num_heads,
-        num_kv_heads=num_kv_heads,
-        intermediate_size=intermediate_size,
-        dtype=dtype,
-    )
+
+
+LLAMA3_VOCAB_SIZE = 128256
+
+
+def make_llama3_synthetic(
+    out_dir: Path,
+    *,
+    num_layers: int = 32,
+    hidden_size: int = 4096,
+    intermediate_size: int = 14336,
+    num_heads: int = 32,
+    num_kv_heads: int = 8,
+    vocab_size: int = LLAMA3_VOCAB_SIZE,
+    dtype: str = "bfloat16",
+    shard_size_gb: float = 5,
+    seed: int = 0,
+) -> Path:
+    """Write a Llama-3-8B-shaped checkpoint (defaults: the real sizes, 8,030,261,248
+    parameters, 16 GB in bf16, untied lm_head, llama3 RoPE scaling) tensor by tensor, with
+    config.json, generation_config.json and a Llama-3-style tokenizer on cl100k (Llama-3's
+    own vocabulary is not available: its ids stay below the 128256 embedding rows; see
+    :func:`cl100k_tokenizer_files`). Returns ``out_dir``."""
+    out_dir = Path(out_dir)
+    head_dim = hidden_size // num_heads
+    shapes: list[tuple[str, tuple[int, ...]]] = [
+        ("model.embed_tokens.weight", (vocab_size, hidden_size))
+    ]
+    for i in range(num_layers):
+        p = f"model.layers.{i}."
+        shapes += [
+            (p + "input_layernorm.weight", (hidden_size,)),
+            (p + "self_attn.q_proj.weight", (num_heads * head_dim, hidden_size)),
+            (p + "self_attn.k_proj.weight", (num_kv_heads * head_dim, hidden_size)),
+            (p + "self_attn.v_proj.weight", (num_kv_heads * head_dim, hidden_size)),
+            (p + "self_attn.o_proj.weight", (hidden_size, num_heads * head_dim)),
+            (p + "post_attention_layernorm.weight", (hidden_size,)),
+            (p + "mlp.gate_proj.weight", (intermediate_size, hidden_size)),
+            (p + "mlp.up_proj.weight", (intermediate_size, hidden_size)),
+            (p + "mlp.down_proj.weight", (hidden_size, intermediate_size)),
+        ]
+    shapes += [("model.norm.weight", (hidden_size,)), ("lm_head.weight", (vocab_size, hidden_size))]
+    _write_synthetic(out_dir, shapes, dtype=dtype, shard_size_gb=shard_size_gb, seed=seed)
+    cl100k_tokenizer_files(out_dir)
+    _, ids = _vocab_len(out_dir)
+    bos, eos = ids["<|begin_of_text|>"], [ids["<|end_of_text|>"], ids["<|eot_id|>"]]
+    cfg = {
+        "architectures": ["LlamaForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+        "head_dim": head_dim,
+        "hidden_act": "silu",
+        "hidden_size": hidden_size,
+        "initializer_range": 0.02,
+        "intermediate_size": intermediate_size,
+        "max_position_embeddings": 131072,
+        "mlp_bias": False,
+        "model_type": "llama",
+        "num_attention_heads": num_heads,
+        "num_hidden_layers": num_layers,
+        "num_key_value_heads": num_kv_heads,
+        "pretraining_tp": 1,
+        "rms_norm_eps": 1e-05,
+        "rope_scaling": {
+            "factor": 8.0,
+            "high_freq_factor": 4.0,
+            "low_freq_factor": 1.0,
+            "original_max_position_embeddings": 8192,
+            "rope_type": "llama3",
+        },
+        "rope_theta": 500000.0,
+        "tie_word_embeddings": False,
+        "torch_dtype": dtype,
+        "transformers_version": "4.45.0",
+        "use_cache": True,
+        "vocab_size": vocab_size,
+    }
     _dump_json(out_dir / "config.json", cfg)
-    _dump_json(
-        out_dir / "generation_config.json", _phi4mini_generation_config(200020, PHI4MINI_EOS_ID)
-    )
-    o200k_tokenizer_files(out_dir)
+    _dump_json(out_dir / "generation_config.json", {"bos_token_id": bos, "eos_token_id": eos})
     return out_dir
+
+
+_LLAMA_MODULE_PATHS = {
+    "q_proj": "self_attn.q_proj",
+    "k_proj": "self_attn.k_proj",
+    "v_proj": "self_attn.v_proj",
+    "o_proj": "self_attn.o_proj",
+    "gate_proj": "mlp.gate_proj",
+    "up_proj": "mlp.up_proj",
+    "down_proj": "mlp.down_proj",
+}
 
 
 _PHI3_MODULE_PATHS = {
@@ -1431,7 +1583,8 @@ def make_synthetic_adapter(
     seed: int = 0,
     base_model_name_or_path: str | None = None,
 ) -> Path:
-    """Write a PEFT LoRA adapter for a (synthetic) Phi-4-mini folder without loading the model.
+    """Write a PEFT LoRA adapter for a (synthetic) Phi-4-mini or Llama folder without loading
+    the model.
 
     Shapes come from ``base_dir/config.json``. adapter_config.json is written by PEFT's own
     ``LoraConfig`` (with the fields ``PeftModel.save_pretrained`` sets), adapter_model.safetensors
@@ -1449,20 +1602,29 @@ def make_synthetic_adapter(
     hidden, inter = cfg["hidden_size"], cfg["intermediate_size"]
     heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     head_dim = hidden // heads
+    model_type = cfg["model_type"]
     in_out = {
         "qkv_proj": (hidden, (heads + 2 * kv) * head_dim),
+        "q_proj": (hidden, heads * head_dim),
+        "k_proj": (hidden, kv * head_dim),
+        "v_proj": (hidden, kv * head_dim),
         "o_proj": (heads * head_dim, hidden),
         "gate_up_proj": (hidden, 2 * inter),
+        "gate_proj": (hidden, inter),
+        "up_proj": (hidden, inter),
         "down_proj": (inter, hidden),
     }
-    targets = list(target_modules) if target_modules is not None else DEFAULT_TARGET_MODULES["phi3"]
+    paths = _PHI3_MODULE_PATHS if model_type == "phi3" else _LLAMA_MODULE_PATHS
+    targets = (
+        list(target_modules) if target_modules is not None else DEFAULT_TARGET_MODULES[model_type]
+    )
     torch_dtype = _torch_dtype(dtype)
     gen = torch.Generator().manual_seed(seed)
     tensors: dict[str, Any] = {}
     for layer in range(cfg["num_hidden_layers"]):
         for module in targets:
             fan_in, fan_out = in_out[module]
-            prefix = f"base_model.model.model.layers.{layer}.{_PHI3_MODULE_PATHS[module]}"
+            prefix = f"base_model.model.model.layers.{layer}.{paths[module]}"
             a = torch.randn((r, fan_in), generator=gen) / math.sqrt(fan_in)
             b = torch.randn((fan_out, r), generator=gen) * 0.02
             tensors[f"{prefix}.lora_A.weight"] = a.to(torch_dtype).contiguous()

@@ -9,7 +9,7 @@
 * :mod:`~persona_export.artifacts.lock`: one writer per persona.
 """
 
-from persona_export.artifacts.artifact import Artifact, Writing
+from persona_export.artifacts.artifact import DROPPED, Artifact, Writing, dropped_outputs
 from persona_export.artifacts.atomic import (
     LEGACY_TOKFIX,
     LEGACY_VERIFY,
@@ -44,6 +44,7 @@ from persona_export.artifacts.manifest import (
 
 __all__ = [
     "DIR_MANIFEST",
+    "DROPPED",
     "LEGACY_TOKFIX",
     "LEGACY_VERIFY",
     "MANIFEST_SUFFIX",
@@ -53,6 +54,7 @@ __all__ = [
     "Writing",
     "atomic_dir",
     "atomic_file",
+    "dropped_outputs",
     "is_fresh",
     "known_records",
     "list_files",

@@ -15,6 +15,18 @@ File outputs: the manifest (which records the temporary file's size and mtime, k
 rename) is written *before* the file is renamed into place, so a file never sits at its
 final name without the manifest that vouches for it; an interruption between the two leaves
 a manifest that no longer matches, and the next run redoes the work.
+
+Dropped outputs (``export --keep``): :meth:`Artifact.drop` deletes an intermediate output's
+files (all, or the big ones: a merged folder keeps its config and tokenizer) once nothing
+downstream needs them and keeps its manifest as a *tombstone*, marked ``"dropped"`` with
+the names of the files it dropped, still recording every output's hash. The rule that keeps a no-op re-run a
+no-op: a stage whose input was dropped compares the hashes the tombstone recorded with the
+ones its own manifest recorded for that input (``dropped_inputs``); equal means its output
+was made from exactly what was dropped, so it is up to date without the files. A stage
+whose output was dropped is up to date, when its caller accepts that
+(:meth:`Artifact.dropped_fresh`), if its options and inputs are unchanged. Anything that
+must actually read a dropped input raises
+:class:`~persona_export.errors.DroppedInputError` naming the stage that rebuilds it.
 """
 
 from __future__ import annotations
@@ -22,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +57,8 @@ from persona_export.artifacts.manifest import (
     well_formed,
 )
 from persona_export.errors import OutputConflictError
+
+DROPPED = "dropped"  # the manifest key that makes a manifest a tombstone
 
 
 @dataclass(frozen=True)
@@ -70,6 +84,7 @@ class Artifact:
     protected: Sequence[Path] = ()
     known: Mapping[str, Any] = field(default_factory=dict)
     owner_markers: Sequence[str] = ()
+    dropped_inputs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def manifest(self) -> Path:
@@ -103,7 +118,11 @@ class Artifact:
             return False
         recorded = self.recorded()
         if not matches(
-            recorded, options=self.options, inputs=self.inputs, outputs=self.current_outputs()
+            recorded,
+            options=self.options,
+            inputs=self.inputs,
+            outputs=self.current_outputs(),
+            dropped_inputs=self.dropped_inputs,
         ):
             return False
         assert recorded is not None
@@ -120,6 +139,68 @@ class Artifact:
         located = input_locations(self.inputs, self.manifest.parent)
         with contextlib.suppress(OSError):
             write_json_atomic(self.manifest, {**recorded, **located})
+
+    def dropped_fresh(self, *, force: bool = False) -> bool:
+        """Whether the output was deliberately dropped (its manifest is a tombstone), the
+        files it kept are as recorded, and it would be made again from the same options and
+        inputs: up to date without the dropped files."""
+        recorded = self.recorded()
+        if force or recorded is None or not recorded.get(DROPPED):
+            return False
+        dropped = set(_dropped_names(recorded))
+        outputs = recorded.get("outputs") or {}
+        if any(p.exists() for p in self._paths(dropped)):
+            return False  # partly there: not a clean tombstone, make it again
+        kept = {n: p for n, p in self.current_outputs().items() if n not in dropped}
+        if set(kept) != set(outputs) - dropped:
+            return False
+        return matches(
+            recorded,
+            options=self.options,
+            inputs=self.inputs,
+            outputs=None,
+            dropped_inputs=self.dropped_inputs,
+        ) and _stats_match({n: outputs[n] for n in kept}, kept)
+
+    def _paths(self, names: Iterable[str]) -> list[Path]:
+        if self.folder:
+            return [self.path / name for name in names]
+        return [self.path] if list(names) else []
+
+    def drop(self, reason: str, *, select: Callable[[str], bool] = lambda name: True) -> int:
+        """Delete the output files ``select`` picks (by manifest name; default: all) and keep
+        the manifest as a tombstone naming them (see the module docstring); returns the bytes
+        freed. Only files the manifest records are deleted, and only while every output is
+        as recorded: an output that changed, or a folder holding files persona-export did
+        not write, raises OutputConflictError and stays."""
+        recorded = self.recorded()
+        if recorded is None or recorded.get("stage") != self.stage:
+            raise OutputConflictError(
+                f"{self.path} has no {self.stage} manifest; it was not dropped",
+                "remove it yourself if you do not need it",
+            )
+        if recorded.get(DROPPED):
+            return 0
+        outputs = recorded.get("outputs") or {}
+        current = self.current_outputs()
+        if set(current) != set(outputs) or not _stats_match(outputs, current):
+            raise OutputConflictError(
+                f"{self.path} is not what its manifest records (changed, or holds other "
+                "files); it was not dropped",
+                "remove it yourself if you do not need it",
+            )
+        names = sorted(n for n in outputs if select(n))
+        paths = self._paths(names)
+        freed = sum(p.stat().st_size for p in paths)
+        marker = {"reason": reason, "files": names, "bytes": freed, "at": _now()}
+        write_json_atomic(self.manifest, {**recorded, DROPPED: marker})
+        for path in paths:
+            path.unlink(missing_ok=True)
+        if self.folder:
+            for sub in sorted((p for p in self.path.rglob("*") if p.is_dir()), reverse=True):
+                with contextlib.suppress(OSError):
+                    sub.rmdir()  # empty subfolders only
+        return freed
 
     # -- replacing safely -----------------------------------------------------------------
 
@@ -265,6 +346,41 @@ class Writing:
     def require_recorded(self) -> None:
         if self.manifest is None:
             raise RuntimeError(f"{self.artifact.stage}: the output was not recorded")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _dropped_names(recorded: Mapping[str, Any]) -> list[str]:
+    marker = recorded.get(DROPPED)
+    files = marker.get("files") if isinstance(marker, dict) else None
+    return [str(n) for n in files] if isinstance(files, list) else []
+
+
+def _stats_match(recorded: Mapping[str, Any], current: Mapping[str, Path]) -> bool:
+    """Each current file has the size and mtime its record says."""
+    for name, path in current.items():
+        try:
+            st = path.stat()
+        except OSError:
+            return False
+        if (st.st_size, st.st_mtime_ns) != (
+            recorded[name].get("size"),
+            recorded[name].get("mtime_ns"),
+        ):
+            return False
+    return True
+
+
+def dropped_outputs(manifest: Path) -> dict[str, Any] | None:
+    """The records a tombstone keeps of the files it dropped (name -> FileRecord JSON), or
+    None when the manifest at ``manifest`` is absent or not a tombstone."""
+    recorded = read_json(manifest)
+    if recorded is None or not recorded.get(DROPPED):
+        return None
+    outputs = recorded.get("outputs") or {}
+    return {n: outputs[n] for n in _dropped_names(recorded) if n in outputs}
 
 
 def _resolved(path: Path) -> Path:

@@ -160,7 +160,15 @@ def require_free_space(target: Path, needed: int, *, what: str, hint: str) -> No
     probe, free = free_space(target)
     if free < needed:
         raise DiskSpaceError(
-            f"not enough disk space for {what}: it needs {needed / 1e9:.1f} GB, {probe} has "
-            f"{free / 1e9:.1f} GB free",
+            f"not enough disk space for {what}: it needs {size_text(needed)}, {probe} has "
+            f"{size_text(free)} free",
             hint,
         )
+
+
+def size_text(n: int) -> str:
+    """A byte count as people read it: ``7.7 GB``, ``12.3 MB``, ``512 kB``."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"

@@ -98,29 +98,50 @@ def matches(
     *,
     options: Mapping[str, Any],
     inputs: Mapping[str, Path],
-    outputs: Mapping[str, Path],
+    outputs: Mapping[str, Path] | None,
+    dropped_inputs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> bool:
     """True when manifest ``data`` says the outputs were made from these inputs and options
-    and nothing has changed since (inputs by content, outputs by size and mtime)."""
+    and nothing has changed since (inputs by content, outputs by size and mtime).
+
+    ``dropped_inputs``: inputs whose files were deliberately dropped (``export --keep``),
+    known by the record their producer's manifest kept: they match on the recorded sha256.
+    ``outputs=None``: the outputs are not checked (a dropped output's manifest, whose
+    outputs are gone on purpose).
+    """
     if data is None or not well_formed(data) or not same_options(data.get("options"), options):
         return False
+    dropped = dict(dropped_inputs or {})
     recorded_in = data.get("inputs", {})
     recorded_out = data.get("outputs", {})
-    if set(recorded_in) != set(inputs) or set(recorded_out) != set(outputs):
+    if set(recorded_in) != set(inputs) | set(dropped):
         return False
-    for name, path in outputs.items():
-        rec = recorded_out[name]
-        try:
-            st = path.stat()
-        except OSError:
+    for name, record in dropped.items():
+        if recorded_in[name].get("sha256") != record.get("sha256"):
             return False
-        if st.st_size != rec.get("size") or st.st_mtime_ns != rec.get("mtime_ns"):
-            return False
+    if outputs is not None and not _outputs_unchanged(recorded_out, outputs):
+        return False
     for name, path in inputs.items():
         try:
             if record_file(path, recorded_in[name]).sha256 != recorded_in[name].get("sha256"):
                 return False
         except OSError:
+            return False
+    return True
+
+
+def _outputs_unchanged(recorded: Mapping[str, Any], outputs: Mapping[str, Path]) -> bool:
+    """The outputs are the recorded ones, with the recorded sizes and mtimes."""
+    if set(recorded) != set(outputs):
+        return False
+    for name, path in outputs.items():
+        try:
+            st = path.stat()
+        except OSError:
+            return False
+        if st.st_size != recorded[name].get("size") or st.st_mtime_ns != recorded[name].get(
+            "mtime_ns"
+        ):
             return False
     return True
 

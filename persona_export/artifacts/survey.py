@@ -31,6 +31,7 @@ from persona_export.artifacts.files import (
     list_files,
     sha256_file,
 )
+from persona_export.units import human_size
 
 HASH_LIMIT = 64 << 20  # bytes: files up to this size are hashed when only their mtime changed
 
@@ -183,9 +184,4 @@ def _verdict(changes: Iterable[Change], unknown_reason: str = "") -> Survey:
 
 
 def _size(n: Any) -> str:
-    if not isinstance(n, int):
-        return "?"
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
+    return human_size(n if isinstance(n, int) else None)

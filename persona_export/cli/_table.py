@@ -13,6 +13,8 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Sequence
 
+from persona_export.units import human_size
+
 WIDTH = 100
 INDENT = "  "
 GAP = "  "
@@ -21,13 +23,8 @@ LONG_INDENT = 4  # where a word too wide for the last column starts
 
 
 def size(n: int | None) -> str:
-    """Bytes for people: ``538.1 MB``."""
-    if n is None:
-        return "?"
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
+    """Bytes for people: ``538.1 MB`` (``?`` when unknown)."""
+    return human_size(n)
 
 
 def wrap(text: str, width: int) -> list[str]:

@@ -78,7 +78,25 @@ def summary_lines(export: PersonaExport) -> list[str]:
             lines += table.row(("", "", "", f"warning: {message}"))
     if export.verify is not None:
         lines += check_lines(export.verify.checks, indent="  ")
+    disk = (
+        f"  disk: {size(export.disk_bytes)} now, peak {size(export.disk_peak_bytes)} during the run"
+    )
+    if export.dropped:
+        disk += f"; dropped (--keep): {', '.join(export.dropped)}"
+    lines.append(disk)
     return lines
+
+
+def parse_keep(value: str) -> frozenset[str]:
+    """``--keep merged,f16`` -> the intermediates to keep (``all``, ``none`` also)."""
+    from persona_export.stages.export import KEEPABLE
+
+    names = {v.strip().lower() for v in value.split(",") if v.strip()}
+    if names == {"all"}:
+        return frozenset(KEEPABLE)
+    if names <= {"none"}:
+        return frozenset()
+    return frozenset(names)
 
 
 def export(
@@ -108,6 +126,15 @@ def export(
             "--require-ollama", help="Fail when Ollama is not available to register the model."
         ),
     ] = False,
+    keep: Annotated[
+        str,
+        typer.Option(
+            "--keep",
+            help="Intermediates to keep, comma-separated: merged (the merged model), f16 (the "
+            "unquantized GGUF); 'none' drops both as soon as nothing needs them (their "
+            "manifests stay, so a re-run with nothing changed is still a no-op).",
+        ),
+    ] = "merged,f16",
     adapter_dir: AdapterDir = ADAPTER_DIR,
     output_dir_base: MergedDir = MERGED_DIR,
     gguf_dir: GgufDir = GGUF_DIR,
@@ -143,6 +170,7 @@ def export(
         verify_prompts_file=prompts,
         require_ollama=require_ollama,
         force=force,
+        keep=parse_keep(keep),
     )
     result = run(config)
     record(personas=[done.to_json() for done in result.exports])

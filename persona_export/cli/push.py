@@ -29,7 +29,7 @@ EPILOG = (
 
 def plan_lines(pushes: tuple[RepoPush, ...], *, private: bool, revision: str | None) -> list[str]:
     """What each repository gets: one line per file with its size, then the total."""
-    from persona_export.hf.model_card import human_size
+    from persona_export.units import human_size
 
     lines = []
     for push in pushes:

@@ -95,8 +95,8 @@ def verify(
         str,
         typer.Option(
             "--hf-dtype",
-            help="Type the PEFT and merged models run in: float32 (exact; 4 bytes per "
-            "parameter of RAM) or bfloat16 (half the memory, looser figures).",
+            help="Type the PEFT and merged models run in, one layer at a time: float32 "
+            "(exact) or bfloat16 (half the memory for a layer and the logits, looser figures).",
         ),
     ] = "float32",
     adapter_dir: AdapterDir = ADAPTER_DIR,

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from persona_export.errors import InvalidInputError
+from persona_export.units import human_size
 
 CARD_NAME = "README.md"
 PLACEHOLDER_REPO = "<user>/<repo>"
@@ -156,16 +157,6 @@ def adapter_summary(adapter_config: Mapping[str, Any]) -> dict[str, str]:
         return str(value)
 
     return {k: text(adapter_config[k]) for k in _ADAPTER_FIELDS if adapter_config.get(k)}
-
-
-def human_size(size: int) -> str:
-    """A byte count as people read it (decimal units, as the hub shows sizes)."""
-    value = float(size)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} GB"
 
 
 def _fence(text: str) -> str:

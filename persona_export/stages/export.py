@@ -6,10 +6,19 @@ before it returned, then calling that stage's ``run``. Each stage is up to date 
 manifest says so (a re-run with nothing changed takes seconds). Verify runs before the model
 is registered, so an export that fails a check never reaches Ollama. With several personas,
 one that fails does not stop the others; each gets its own outcome.
+
+Intermediates (``keep``): the merged folder and the unquantized GGUF are kept by default.
+One left out of ``keep`` is dropped as soon as every step that reads it (gguf and verify
+read the merged model, quantize and verify the unquantized GGUF) has run
+and none failed; its manifest stays as a tombstone (artifacts/artifact.py). On a re-run the
+merge and gguf steps accept their tombstones as up to date, so an unchanged export stays a
+no-op; a step that has to read a dropped intermediate again raises DroppedInputError, and
+the step that makes it is run again first (then the intermediate is dropped again).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -17,8 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from persona_export import console
-from persona_export.errors import PersonaExportError, UsageError, internal_error
+from persona_export.errors import (
+    DroppedInputError,
+    PersonaExportError,
+    UsageError,
+    internal_error,
+)
 from persona_export.layout import DEFAULT_BASE_MODEL, DEFAULT_QUANT, Layout, check_persona
+from persona_export.stages._intermediates import KEEPABLE, DiskWatch, drop_finished
 from persona_export.stages.base import StageResult, Status
 
 DEFAULT_MAX_TOKENS = 384  # verify's generation check (stages/verify.py says the same)
@@ -33,6 +48,7 @@ class ExportConfig:
     run the checks (the ``verify_*`` fields are passed to it). ``model_name``: the Ollama
     name (one persona only; default: the persona's ``ollama_name``). ``force``: redo every
     stage even when up to date. ``require_ollama``: fail when Ollama is not there.
+    ``keep``: the intermediates to keep (of :data:`KEEPABLE`; see the module docstring).
     Checked when built, before any stage runs.
     """
 
@@ -50,8 +66,15 @@ class ExportConfig:
     verify_prompts_file: Path | None = None
     require_ollama: bool = False
     force: bool = False
+    keep: frozenset[str] = frozenset(KEEPABLE)
 
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.keep) - set(KEEPABLE))
+        if unknown:
+            raise UsageError(
+                f"--keep {','.join(unknown)}: unknown intermediate",
+                f"name {' and '.join(KEEPABLE)} (comma-separated), all, or none",
+            )
         if not self.personas:
             raise UsageError(
                 f"no personas to export: no <persona>_final_adapter/ folder in "
@@ -78,6 +101,9 @@ class PersonaExport:
     stages: tuple[StageResult, ...]
     error: PersonaExportError | None
     seconds: float
+    disk_bytes: int = 0  # the persona's outputs on disk at the end
+    disk_peak_bytes: int = 0  # and at the peak during the run
+    dropped: tuple[str, ...] = ()  # what --keep dropped in this run, e.g. "cap-F16.gguf 7.7 GB"
 
     @property
     def ok(self) -> bool:
@@ -154,13 +180,20 @@ def _merge(config: ExportConfig, persona: str, done: Done) -> Any:
         base_model=config.base_model,
         personas_file=config.personas_file,
         force=config.force,
+        accept_dropped=True,
     )
 
 
 def _gguf(config: ExportConfig, persona: str, done: Done) -> Any:
     from persona_export.stages.gguf import GgufConfig
 
-    return GgufConfig(persona, layout=config.layout, outtype=config.outtype, force=config.force)
+    return GgufConfig(
+        persona,
+        layout=config.layout,
+        outtype=config.outtype,
+        force=config.force,
+        accept_dropped=True,
+    )
 
 
 def _source_type(done: Done) -> str | None:
@@ -275,33 +308,76 @@ STEPS: tuple[Step, ...] = (
 STAGES = tuple(step.name for step in STEPS)
 
 
+def _run_step(
+    config: ExportConfig, persona: str, step: Step, done: dict[str, StageResult]
+) -> StageResult:
+    """Run ``step``; when it needs an intermediate --keep dropped, make that again first
+    (through the step that makes it, which may itself need another) and run ``step`` again."""
+    for _ in range(len(STEPS)):
+        try:
+            return step.run(step.make(config, persona, done))
+        except DroppedInputError as exc:
+            maker = next(s for s in STEPS if s.name == exc.stage)
+            console.info(f"  {step.name} needs what --keep dropped: making it again ({maker.name})")
+            made = _run_step(config, persona, _rebuilding(maker), done)
+            done[maker.name] = made
+            if made.status is Status.FAILED:
+                return made
+    raise internal_error(RuntimeError(f"{step.name}: dropped inputs kept coming back"))
+
+
+def _rebuilding(step: Step) -> Step:
+    """``step`` with its config told to make a dropped output again."""
+
+    def make(config: ExportConfig, persona: str, done: Done) -> Any:
+        return dataclasses.replace(step.make(config, persona, done), accept_dropped=False)
+
+    return Step(step.name, make, step.run, step.unrun)
+
+
 def _export_one(config: ExportConfig, persona: str) -> PersonaExport:
     started = time.monotonic()
     done: dict[str, StageResult] = {}
+    dropped: list[str] = []
+    error: PersonaExportError | None = None
     console.info(f"exporting {persona}")
-    for number, step in enumerate(STEPS, 1):
-        skipped = step.unrun(config, persona, done)
-        if skipped is not None:
-            done[step.name] = skipped
-            continue
-        console.info(f"[{number}/{len(STEPS)}] {step.name}")
-        step_started = time.monotonic()
-        try:
-            done[step.name] = step.run(step.make(config, persona, done))
-        except Exception as exc:  # one persona's failure must not stop the others
-            if isinstance(exc, OSError) and not isinstance(exc, PersonaExportError):
-                # a full disk or a permission, as the CLI says it for one command: not a bug
-                exc = PersonaExportError(str(exc), OS_ERROR_HINT)
-            elif not isinstance(exc, PersonaExportError):
-                if console.debug_enabled():
-                    raise
-                exc = internal_error(exc)
-            seconds = time.monotonic() - step_started
-            done[step.name] = StageResult(
-                step.name, persona, Status.FAILED, seconds=seconds, detail=exc.message
-            )
-            return PersonaExport(persona, tuple(done.values()), exc, time.monotonic() - started)
-    return PersonaExport(persona, tuple(done.values()), None, time.monotonic() - started)
+    watch = DiskWatch(config.layout, persona)
+    try:
+        for number, step in enumerate(STEPS, 1):
+            skipped = step.unrun(config, persona, done)
+            if skipped is not None:
+                done[step.name] = skipped
+                continue
+            console.info(f"[{number}/{len(STEPS)}] {step.name}")
+            step_started = time.monotonic()
+            try:
+                done[step.name] = _run_step(config, persona, step, done)
+            except Exception as exc:  # one persona's failure must not stop the others
+                if isinstance(exc, OSError) and not isinstance(exc, PersonaExportError):
+                    # a full disk or a permission, as the CLI says it for one command: not a bug
+                    exc = PersonaExportError(str(exc), OS_ERROR_HINT)
+                elif not isinstance(exc, PersonaExportError):
+                    if console.debug_enabled():
+                        raise
+                    exc = internal_error(exc)
+                seconds = time.monotonic() - step_started
+                done[step.name] = StageResult(
+                    step.name, persona, Status.FAILED, seconds=seconds, detail=exc.message
+                )
+                error = exc
+                break
+            dropped += drop_finished(config, persona, done)
+    finally:
+        disk_now, disk_peak = watch.stop()
+    return PersonaExport(
+        persona,
+        tuple(done.values()),
+        error,
+        time.monotonic() - started,
+        disk_now,
+        disk_peak,
+        tuple(dropped),
+    )
 
 
 def run(config: ExportConfig) -> ExportResult:

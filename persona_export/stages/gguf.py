@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from persona_export import console
 from persona_export.artifacts import (
@@ -21,14 +22,17 @@ from persona_export.artifacts import (
     LEGACY_TOKFIX,
     Artifact,
     FileRecord,
+    dropped_outputs,
     known_records,
     list_files,
     persona_lock,
+    read_json,
     remove_legacy_scratch,
     remove_stale_temporaries,
+    require_free_space,
 )
 from persona_export.artifacts.hashing import TailHasher
-from persona_export.errors import UsageError
+from persona_export.errors import DroppedInputError, UsageError
 from persona_export.llamacpp import vendor
 from persona_export.llamacpp.converter import KNOWN_ARCHITECTURES, run_converter
 from persona_export.llamacpp.converter_input import (
@@ -40,6 +44,7 @@ from persona_export.llamacpp.converter_input import (
 )
 from persona_export.llamacpp.gguf_check import Expectation, check_gguf
 from persona_export.llamacpp.gguf_file import FILE_TYPE_IDS, GgufSummary
+from persona_export.llamacpp.sizes import converted_bytes
 from persona_export.stages.base import StageConfig, StageResult, Status
 
 OUTTYPES = ("f16", "bf16", "f32", "q8_0", "auto")
@@ -51,6 +56,9 @@ class GgufConfig(StageConfig):
     """What to convert: the persona's merged folder to ``outtype``."""
 
     outtype: str = "f16"  # f16 | bf16 | f32 | q8_0 | auto (the weights' 16-bit type)
+    # a GGUF export --keep dropped counts as up to date when it would be made again from the
+    # same inputs (export sets it; a plain `gguf` makes it again)
+    accept_dropped: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -90,31 +98,70 @@ def run(config: GgufConfig) -> GgufResult:
         # older versions' tokenizer shadow folders (tempfile names; the lock makes them stale)
         remove_legacy_scratch(layout.gguf_dir(persona), LEGACY_TOKFIX, layout.lock_file(persona))
         merged_dir = layout.merged(persona)
+        dropped = dropped_outputs(merged_dir / DIR_MANIFEST)
+        if dropped is not None:
+            return _after_dropped_merge(config, dropped, started)
         source = inspect_merged(merged_dir, persona)
         outtype = config.outtype.lower()
         if outtype == "auto":
             outtype = resolve_auto_outtype(source.weight_files)
-        file_type = outtype.upper()
-        final = layout.gguf(persona, file_type)
-        artifact = Artifact(
-            stage=STAGE,
-            path=final,
-            output_name="gguf",
-            options={
-                "outtype": outtype,
-                "model_name": persona,
-                "llama_cpp_commit": vendor.commit(),
-            },
-            inputs=list_files(merged_dir),
-            protected=(merged_dir, layout.adapter(persona)),
-            # the merge recorded its outputs' hashes: they are this stage's inputs
-            known=known_records(merged_dir / DIR_MANIFEST, "outputs", merged_dir),
-        )
+        artifact = _artifact(config, outtype, list_files(merged_dir))
         artifact.clean_temporaries()  # an interrupted run's, whether or not this one writes
-        remove_stale_temporaries(final.parent, final.name + ".log")
+        remove_stale_temporaries(artifact.path.parent, artifact.path.name + ".log")
         if artifact.fresh(force=config.force):
-            return _result_from_manifest(config, artifact, file_type, started)
+            return _result_from_manifest(config, artifact, outtype.upper(), started)
+        if config.accept_dropped and artifact.dropped_fresh(force=config.force):
+            return _result_from_manifest(config, artifact, outtype.upper(), started, dropped=True)
         return _convert(config, artifact, source, outtype, started)
+
+
+def _artifact(
+    config: GgufConfig,
+    outtype: str,
+    inputs: dict[str, Path],
+    dropped: dict[str, Any] | None = None,
+) -> Artifact:
+    layout, persona = config.layout, config.persona
+    merged_dir = layout.merged(persona)
+    return Artifact(
+        stage=STAGE,
+        path=layout.gguf(persona, outtype.upper()),
+        output_name="gguf",
+        options={
+            "outtype": outtype,
+            "model_name": persona,
+            "llama_cpp_commit": vendor.commit(),
+        },
+        inputs=inputs,
+        protected=(merged_dir, layout.adapter(persona)),
+        # the merge recorded its outputs' hashes: they are this stage's inputs
+        known=known_records(merged_dir / DIR_MANIFEST, "outputs", merged_dir),
+        dropped_inputs=dropped or {},
+    )
+
+
+def _after_dropped_merge(config: GgufConfig, dropped: dict[str, Any], started: float) -> GgufResult:
+    """The merged folder was dropped (export --keep): the GGUF is up to date when its
+    manifest records exactly the files the tombstone records; else it cannot be made."""
+    persona = config.persona
+    outtype = config.outtype.lower()
+    if outtype == "auto":  # what the merged weights were, as the merge recorded it
+        merge = read_json(config.layout.merged(persona) / DIR_MANIFEST) or {}
+        dtype = (merge.get("options") or {}).get("dtype")
+        outtype = "bf16" if dtype == "bfloat16" else "f16"
+    # the files the tombstone kept (config, tokenizer) as they are, the weights by record
+    artifact = _artifact(config, outtype, list_files(config.layout.merged(persona)), dropped)
+    if artifact.fresh(force=config.force):
+        return _result_from_manifest(config, artifact, outtype.upper(), started)
+    if config.accept_dropped and artifact.dropped_fresh(force=config.force):
+        return _result_from_manifest(config, artifact, outtype.upper(), started, dropped=True)
+    raise DroppedInputError(
+        f"the merged model of {persona} was dropped (export --keep) and "
+        f"{artifact.path.name} has to be made again from it",
+        f"rebuild it first: persona-export merge --persona {persona} (export rebuilds what "
+        "it needs by itself)",
+        stage="merge",
+    )
 
 
 def _convert(
@@ -122,6 +169,7 @@ def _convert(
 ) -> GgufResult:
     persona, final = config.persona, artifact.path
     vendor.converter_script()  # a missing converter is said before anything else
+    _require_space(config, source, outtype, final)
     fix = tokenizer_fix(source)
     notes: list[str] = []
     if fix is not None:
@@ -187,6 +235,20 @@ def _convert(
     )
 
 
+def _require_space(config: GgufConfig, source: MergedFolder, outtype: str, final: Path) -> None:
+    """Refuse before converting when the GGUF would not fit (llamacpp/sizes.py)."""
+    from persona_export.hf.model_files import TOKENIZER_FILES
+
+    tokenizer = [source.path / name for name in TOKENIZER_FILES]
+    require_free_space(
+        final.parent,
+        converted_bytes(source.weight_files, outtype, tokenizer),
+        what=f"the {outtype.upper()} GGUF of {config.persona}",
+        hint="free some space or pass --gguf-dir on a larger disk (export --keep f16 drops "
+        "the merged model once it is converted and verified)",
+    )
+
+
 def _check(path: Path, source: MergedFolder, file_type: str, persona: str) -> GgufSummary:
     return check_gguf(
         path,
@@ -222,7 +284,7 @@ def _figures(
 
 
 def _result_from_manifest(
-    config: GgufConfig, artifact: Artifact, file_type: str, started: float
+    config: GgufConfig, artifact: Artifact, file_type: str, started: float, *, dropped: bool = False
 ) -> GgufResult:
     data = artifact.recorded() or {}
     record = data["outputs"]["gguf"]
@@ -238,6 +300,7 @@ def _result_from_manifest(
         Status.UP_TO_DATE,
         started,
         tokenizer_fix=data.get("tokenizer_fix"),
+        dropped=dropped,
     )
 
 
@@ -256,6 +319,7 @@ def _result(
     warnings: tuple[str, ...] = (),
     notes: tuple[str, ...] = (),
     tokenizer_fix: str | None = None,
+    dropped: bool = False,
 ) -> GgufResult:
     return GgufResult(
         stage=STAGE,
@@ -272,7 +336,8 @@ def _result(
         warnings=warnings,
         notes=notes,
         seconds=time.monotonic() - started,
-        detail=f"{file_type}, {bits_per_weight:.2f} bits/weight",
+        detail=f"{file_type}, {bits_per_weight:.2f} bits/weight"
+        + (", dropped (--keep)" if dropped else ""),
         gguf_path=artifact.path,
         manifest_path=artifact.manifest,
         file_type=file_type,

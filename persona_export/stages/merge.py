@@ -71,6 +71,9 @@ class MergeConfig(StageConfig):
     rows merged at once (memory versus overhead; the result does not depend on it).
     ``personas_file``: a personas TOML read after the shipped one (the card's display name
     and system prompt).
+    ``accept_dropped``: a merged folder that ``export --keep`` dropped counts as up to date
+    when it would be made again from the same inputs and options (export sets it; a plain
+    ``merge`` makes it again).
     """
 
     base_model: str = DEFAULT_BASE_MODEL
@@ -81,6 +84,7 @@ class MergeConfig(StageConfig):
     max_shard_bytes: int = DEFAULT_SHARD_BYTES
     block_bytes: int = DEFAULT_BLOCK_BYTES
     personas_file: Path | None = None
+    accept_dropped: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -265,6 +269,8 @@ def run(config: MergeConfig, *, progress: Progress | None = None) -> MergeResult
         prep.artifact.clean_temporaries()  # an interrupted run's, whether or not this one writes
         if prep.artifact.fresh(force=config.force):
             return _result(config, prep, started, Status.UP_TO_DATE, warnings)
+        if config.accept_dropped and prep.artifact.dropped_fresh(force=config.force):
+            return _result(config, prep, started, Status.UP_TO_DATE, warnings, dropped=True)
         plan, adapter = prep.plan, prep.adapter
         warnings += plan.warnings
         if not _same_base(adapter.base_model_name_or_path, config.base_model, prep.base_dir):
@@ -355,7 +361,13 @@ def _write(
 
 
 def _result(
-    config: MergeConfig, prep: _Prepared, started: float, status: Status, warnings: list[str]
+    config: MergeConfig,
+    prep: _Prepared,
+    started: float,
+    status: Status,
+    warnings: list[str],
+    *,
+    dropped: bool = False,
 ) -> MergeResult:
     merged_dir, plan = prep.artifact.path, prep.plan
     tie = (read_json(merged_dir / "config.json") or {}).get("tie_word_embeddings")
@@ -375,7 +387,8 @@ def _result(
         warnings=tuple(warnings),
         notes=(prep.carried.note, *prep.notes),
         seconds=time.monotonic() - started,
-        detail=f"{merged_tensors} weights merged, {dtype}",
+        detail=f"{merged_tensors} weights merged, {dtype}"
+        + (", dropped (--keep)" if dropped else ""),
         merged_dir=merged_dir,
         base_dir=prep.base_dir,
         dtype=dtype,

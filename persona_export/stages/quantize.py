@@ -19,14 +19,21 @@ from typing import Any
 from persona_export import console
 from persona_export.artifacts import (
     Artifact,
+    dropped_outputs,
     known_records,
     manifest_path_for,
     persona_lock,
     record_file,
     remove_stale_temporaries,
+    require_free_space,
 )
 from persona_export.artifacts.hashing import BackgroundRecords
-from persona_export.errors import InputNotFoundError, InvalidInputError, UsageError
+from persona_export.errors import (
+    DroppedInputError,
+    InputNotFoundError,
+    InvalidInputError,
+    UsageError,
+)
 from persona_export.layout import DEFAULT_QUANT, Layout
 from persona_export.llamacpp import vendor
 from persona_export.llamacpp.gguf_check import Expectation, check_gguf
@@ -39,6 +46,7 @@ from persona_export.llamacpp.quantize import (
     list_quant_types,
     run_quantize_tool,
 )
+from persona_export.llamacpp.sizes import quantized_bytes
 from persona_export.stages.base import StageConfig, StageResult, Status
 
 STAGE = "quantize"
@@ -122,12 +130,15 @@ def run(config: QuantizeConfig) -> QuantizeResult:
         known_types = list_quant_types(vendor.tool("llama-quantize"))
         wanted = canonical_types(config.quant_types, known_types)
         _require_imatrix(wanted, config.imatrix)
-        inputs = {"source": source}
+        # a source export --keep dropped is known by the record its tombstone keeps
+        dropped = None if source.is_file() else dropped_outputs(manifest_path_for(source))
+        inputs = {} if dropped is not None else {"source": source}
         if config.imatrix is not None:
             inputs["imatrix"] = config.imatrix
-        job = _Job(config, source, inputs)
+        job = _Job(config, source, inputs, dropped)
         outputs = []
         try:
+            job.require_space([known_types[t] for t in wanted if t != source_type])
             for quant_type in wanted:
                 if quant_type == source_type:
                     outputs.append(_the_source(job, quant_type))
@@ -152,10 +163,17 @@ def _require_imatrix(wanted: list[str], imatrix: Path | None) -> None:
 class _Job:
     """The quantizations of one run: the source is read and hashed once, for all types."""
 
-    def __init__(self, config: QuantizeConfig, source: Path, inputs: dict[str, Path]) -> None:
+    def __init__(
+        self,
+        config: QuantizeConfig,
+        source: Path,
+        inputs: dict[str, Path],
+        dropped: dict[str, Any] | None,
+    ) -> None:
         self.config = config
         self.source = source
         self.inputs = inputs
+        self.dropped = {"source": dropped.get("gguf") or {}} if dropped is not None else {}
         self.summary: GgufSummary | None = None
         self.hashing: BackgroundRecords | None = None
         # the gguf stage recorded the source's hash
@@ -166,13 +184,11 @@ class _Job:
         if self.hashing is not None:
             self.hashing.cancel()
 
-    def one(self, quant: QuantType) -> QuantOutput:
-        started = time.monotonic()
+    def artifact(self, quant: QuantType) -> Artifact:
         config = self.config
-        final = config.layout.gguf(config.persona, quant.name)
-        artifact = Artifact(
+        return Artifact(
             stage=STAGE,
-            path=final,
+            path=config.layout.gguf(config.persona, quant.name),
             output_name="gguf",
             options={
                 # threads are left out: they change the speed, not the file
@@ -184,17 +200,59 @@ class _Job:
             inputs=self.inputs,
             protected=(config.layout.merged(config.persona),),
             known=self.source_hint,
+            dropped_inputs=self.dropped,
         )
-        artifact.clean_temporaries()  # an interrupted run's, whether or not this one writes
-        remove_stale_temporaries(final.parent, final.name + ".log")
-        if artifact.fresh(force=config.force):
-            return _output_from_manifest(quant.name, artifact, started)
+
+    def _require_source(self) -> None:
+        if self.dropped:
+            persona = self.config.persona
+            raise DroppedInputError(
+                f"{self.source.name} was dropped (export --keep) and is needed to quantize again",
+                f"rebuild it first: persona-export gguf --persona {persona} (after "
+                f"persona-export merge --persona {persona} if the merged model was dropped "
+                "too; export rebuilds what it needs by itself)",
+                stage="gguf",
+            )
+
+    def require_space(self, quants: list[QuantType]) -> None:
+        """Refuse before writing anything when the types still to make would not fit on the
+        disk together (sizes estimated in llamacpp/sizes.py)."""
+        missing = [q for q in quants if not self.artifact(q).fresh(force=self.config.force)]
+        if not missing:
+            return
+        self._require_source()
+        summary = self.source_summary()
+        metadata, size = summary.data_offset, self.source.stat().st_size
+        needed = sum(
+            quantized_bytes(q.description, summary.n_weights, metadata, size) for q in missing
+        )
+        require_free_space(
+            self.source.parent,
+            needed,
+            what=f"the {', '.join(q.name for q in missing)} GGUF of {self.config.persona}",
+            hint="free some space, quantize fewer types at once, or pass --gguf-dir on a "
+            "larger disk",
+        )
+
+    def source_summary(self) -> GgufSummary:
+        self._require_source()
         if self.summary is None:
             self.summary = read_gguf(self.source)
             _check_source(self.summary, self.source)
+        return self.summary
+
+    def one(self, quant: QuantType) -> QuantOutput:
+        started = time.monotonic()
+        config = self.config
+        artifact = self.artifact(quant)
+        artifact.clean_temporaries()  # an interrupted run's, whether or not this one writes
+        remove_stale_temporaries(artifact.path.parent, artifact.path.name + ".log")
+        if artifact.fresh(force=config.force):
+            return _output_from_manifest(quant.name, artifact, started)
+        summary = self.source_summary()
         if self.hashing is None:  # hashed while the first llama-quantize runs
             self.hashing = artifact.hash_inputs()
-        return _quantize_one(config, artifact, quant, self.summary, self.hashing, started)
+        return _quantize_one(config, artifact, quant, summary, self.hashing, started)
 
 
 def _quantize_one(
@@ -280,8 +338,8 @@ def _output_from_manifest(quant_type: str, artifact: Artifact, started: float) -
 
 def _the_source(job: _Job, quant_type: str) -> QuantOutput:
     """A requested type equal to the source's: the source GGUF is that output."""
+    summary = job.source_summary()
     data = known_records(manifest_path_for(job.source), "outputs").get("gguf") or {}
-    summary = job.summary or read_gguf(job.source)
     return QuantOutput(
         quant_type=quant_type,
         gguf_path=job.source,
@@ -315,7 +373,7 @@ def _find_source(layout: Layout, persona: str, source: str | None) -> Path:
     if source is not None:
         kind = source.upper()
         path = layout.gguf(persona, kind)
-        if not path.is_file():
+        if not path.is_file() and dropped_outputs(manifest_path_for(path)) is None:
             raise InputNotFoundError(
                 f"no {kind} GGUF for persona {persona!r} at {path}",
                 f"run `persona-export gguf --persona {persona} --outtype {kind.lower()}` first",
@@ -323,7 +381,7 @@ def _find_source(layout: Layout, persona: str, source: str | None) -> Path:
         return path
     for kind in SOURCE_TYPES:
         path = layout.gguf(persona, kind)
-        if path.is_file():
+        if path.is_file() or dropped_outputs(manifest_path_for(path)) is not None:
             return path
     raise InputNotFoundError(
         f"no F16, BF16 or F32 GGUF for persona {persona!r} in {layout.gguf_dir(persona)}",

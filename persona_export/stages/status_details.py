@@ -15,6 +15,7 @@ from typing import Any
 
 from persona_export.artifacts import DIR_MANIFEST, MANIFEST_SUFFIX
 from persona_export.stages.base import output_bytes
+from persona_export.units import human_size
 
 # Manifest keys that are bookkeeping, not figures.
 _BOOKKEEPING = frozenset(
@@ -35,12 +36,7 @@ def output_of(manifest: Path, data: Mapping[str, Any]) -> Path:
 
 
 def _size(n: int | None) -> str:
-    if n is None:
-        return "gone"
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
+    return human_size(n, missing="gone")
 
 
 def _plain(data: Mapping[str, Any]) -> dict[str, Any]:

@@ -37,23 +37,29 @@ from typing import Any
 
 from persona_export import console
 from persona_export.artifacts import (
-    DIR_MANIFEST,
     LEGACY_VERIFY,
     Artifact,
     persona_lock,
-    read_json,
     remove_legacy_scratch,
     work_dir,
 )
 from persona_export.artifacts.hashing import BackgroundRecords
-from persona_export.errors import InputNotFoundError, UsageError
-from persona_export.layout import DEFAULT_BASE_MODEL, Layout
+from persona_export.errors import UsageError
 from persona_export.llamacpp import vendor
 from persona_export.ollama.modelfile import Modelfile
+from persona_export.stages._verify_inputs import (
+    Sources,
+    changed_inputs,
+    find_sources,
+    input_files,
+    quant_paths,
+    require_present,
+    stat_key,
+)
+from persona_export.stages._verify_inputs import base_model as find_base_model
 from persona_export.stages.base import StageConfig, StageResult, Status
 from persona_export.verify.checks import FAILED, PASSED, SKIPPED, Check, error_check
 from persona_export.verify.data import (
-    bounds_path,
     check_bound_overrides,
     load_bounds,
     load_conversations,
@@ -66,7 +72,8 @@ from persona_export.verify.engines import (
     server_checks,
     step_count,
 )
-from persona_export.verify.memory import check_memory, merged_dtype
+from persona_export.verify.memory import available_memory, check_streamed_memory, streamed_need
+from persona_export.verify.prompts import Prompt
 from persona_export.verify.tools import choice_for
 
 __all__ = ["FAILED", "PASSED", "SKIPPED", "Check", "VerifyConfig", "VerifyResult", "run"]
@@ -133,151 +140,51 @@ class VerifyResult(StageResult):
 
 
 # --------------------------------------------------------------------------------------------
-# Inputs
-# --------------------------------------------------------------------------------------------
-
-
-def _quant_paths(config: VerifyConfig) -> dict[str, Path]:
-    layout, persona = config.layout, config.persona
-    source = config.source_type.upper()
-    if config.quants:
-        paths = {}
-        for quant in dict.fromkeys(q.upper() for q in config.quants):
-            if quant == source:
-                continue
-            path = layout.gguf(persona, quant)
-            if not path.is_file():
-                raise InputNotFoundError(
-                    f"no {quant} GGUF for {persona} at {path}",
-                    f"make it first: persona-export quantize --persona {persona} --type {quant}",
-                )
-            paths[quant] = path
-        return paths
-    prefix = f"{persona}-"
-    found = {}
-    for path in sorted(layout.gguf_dir(persona).glob(f"{prefix}*.gguf")):
-        quant = path.name[len(prefix) : -len(".gguf")].upper()
-        if quant != source:
-            found[quant] = path
-    return found
-
-
-def _base_model(config: VerifyConfig, merged_dir: Path) -> str:
-    if config.base_model:
-        return config.base_model
-    recorded = (read_json(merged_dir / DIR_MANIFEST) or {}).get("base_model")
-    return recorded if isinstance(recorded, str) and recorded else DEFAULT_BASE_MODEL
-
-
-def _check_inputs(config: VerifyConfig) -> tuple[Path, Path, Path]:
-    layout, persona = config.layout, config.persona
-    merged_dir = layout.merged(persona)
-    if not (merged_dir / "config.json").is_file():
-        raise InputNotFoundError(
-            f"no merged model for {persona} at {merged_dir}",
-            f"merge first: persona-export merge --persona {persona}",
-        )
-    adapter_dir = layout.adapter(persona)
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise InputNotFoundError(
-            f"no adapter for {persona} at {adapter_dir} (adapter_config.json)",
-            "the PEFT check runs base + adapter; give the folder with --adapter-dir",
-        )
-    source = layout.gguf(persona, config.source_type)
-    if not source.is_file():
-        raise InputNotFoundError(
-            f"no {config.source_type.upper()} GGUF for {persona} at {source}",
-            f"convert first: persona-export gguf --persona {persona}",
-        )
-    return merged_dir, adapter_dir, source
-
-
-def _files(folder: Path, prefix: str) -> dict[str, Path]:
-    return {
-        f"{prefix}/{p.name}": p
-        for p in sorted(folder.iterdir())
-        if p.is_file() and not p.name.endswith(".manifest.json")
-    }
-
-
-def _input_files(
-    layout: Layout,
-    persona: str,
-    base_dir: Path,
-    ggufs: Mapping[str, Path],
-    modelfile: Path,
-    prompts: Path,
-) -> dict[str, Path]:
-    return {
-        **_files(layout.merged(persona), "merged"),
-        **_files(layout.adapter(persona), "adapter"),
-        **{k: v for k, v in _files(base_dir, "base").items() if not k.endswith(".md")},
-        **{f"gguf/{path.name}": path for path in ggufs.values()},
-        "modelfile": modelfile,
-        "prompts": prompts,
-        "bounds": bounds_path(),
-    }
-
-
-def _stat_key(path: Path) -> tuple[int, int, int, int]:
-    st = path.stat()
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-
-
-def _changed_inputs(
-    inputs: Mapping[str, Path], before: Mapping[str, tuple[int, int, int, int]]
-) -> list[str]:
-    """Inputs that changed (content, metadata or identity) since ``before`` was taken."""
-    changed = []
-    for name, path in inputs.items():
-        try:
-            if _stat_key(path) != before[name]:
-                changed.append(name)
-        except OSError:
-            changed.append(name)
-    return changed
-
-
-# --------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class _Plan:
-    merged_dir: Path
-    adapter_dir: Path
-    source: Path
+    sources: Sources
     quants: dict[str, Path]
     modelfile: Modelfile
     base_dir: Path
     artifact: Artifact
     read_at: Mapping[str, tuple[int, int, int, int]]  # inputs read while planning, as they were
 
+    @property
+    def merged_dir(self) -> Path:
+        return self.sources.merged_dir
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.sources.adapter_dir
+
+    @property
+    def source(self) -> Path:
+        return self.sources.source
+
 
 def _plan(config: VerifyConfig) -> _Plan:
     from persona_export.hf.base_model import resolve_base_model
 
-    merged_dir, adapter_dir, source = _check_inputs(config)
-    quants = _quant_paths(config)
-    modelfile_path = config.layout.modelfile(config.persona)
+    layout, persona = config.layout, config.persona
+    sources = find_sources(layout, persona, config.source_type)
+    quants = quant_paths(layout, persona, config.source_type, config.quants)
+    modelfile_path = layout.modelfile(persona)
     try:  # its identity before it is read: a Modelfile replaced after this is not certified
-        read_at = {"modelfile": _stat_key(modelfile_path)}
+        read_at = {"modelfile": stat_key(modelfile_path)}
     except OSError:
         read_at = {}  # Modelfile.read says what is wrong
     modelfile = Modelfile.read(modelfile_path)
     modelfile.require_gguf()
-    bounds = _bounds(config, merged_dir)
-    base_model = _base_model(config, merged_dir)
+    bounds = _bounds(config, sources)
+    base_model = find_base_model(config.base_model, sources.merged_dir)
     base_dir = resolve_base_model(base_model)
-    ggufs = {config.source_type.upper(): source, **quants, "modelfile": modelfile.gguf}
-    inputs = _input_files(
-        config.layout,
-        config.persona,
-        base_dir,
-        ggufs,
-        config.layout.modelfile(config.persona),
-        prompts_path(config.prompts_file),
+    ggufs = {config.source_type.upper(): sources.source, **quants, "modelfile": modelfile.gguf}
+    inputs = input_files(
+        sources, base_dir, ggufs, layout.modelfile(persona), prompts_path(config.prompts_file)
     )
     report = config.layout.verify_report(config.persona)
     artifact = Artifact(
@@ -300,13 +207,14 @@ def _plan(config: VerifyConfig) -> _Plan:
             "hf_dtype": config.hf_dtype,
         },
         inputs=inputs,
+        dropped_inputs=sources.dropped,
     )
-    return _Plan(merged_dir, adapter_dir, source, quants, modelfile, base_dir, artifact, read_at)
+    return _Plan(sources, quants, modelfile, base_dir, artifact, read_at)
 
 
-def _bounds(config: VerifyConfig, merged_dir: Path) -> Any:
+def _bounds(config: VerifyConfig, sources: Sources) -> Any:
     return load_bounds(
-        merged_dtype=merged_dtype(merged_dir),
+        merged_dtype=sources.merged_dtype,
         peft_nmse_max=config.peft_nmse_max,
         nmse_max=config.nmse_max,
         top1_min=config.top1_min,
@@ -342,28 +250,61 @@ def run(config: VerifyConfig) -> VerifyResult:
         if previous.get("passed") is True and plan.artifact.fresh(force=config.force):
             checks = _load_report(previous)
             return _result(config, plan, checks, True, Status.UP_TO_DATE, started)
+        require_present(plan.sources, config.persona, config.source_type)
         plan.artifact.check_writable()
-        check_memory(plan.merged_dir, config.hf_dtype)
-        checks = _run_checks(config, plan)
+        prompts, bos = _prompts(config, plan)
+        _memory_preflight(config, plan, prompts)
+        checks = _run_checks(config, plan, prompts, bos)
     passed = not any(c.status == FAILED for c in checks)
     return _result(config, plan, checks, passed, Status.DONE if passed else Status.FAILED, started)
 
 
-def _run_checks(config: VerifyConfig, plan: _Plan) -> tuple[Check, ...]:
+def _prompts(config: VerifyConfig, plan: _Plan) -> tuple[list[Prompt], str | None]:
     from persona_export.verify.prompts import build_prompts
+
+    conversations = load_conversations(config.prompts_file)
+    return build_prompts(plan.merged_dir, plan.modelfile.system, conversations)
+
+
+def _memory_preflight(config: VerifyConfig, plan: _Plan, prompts: list[Prompt]) -> None:
+    """Say what the Hugging Face side will need and refuse before loading when it does not
+    fit (verify/memory.py)."""
+    from persona_export.verify.logits import streaming
+    from persona_export.verify.memory import check_memory
+
+    if not streaming():
+        check_memory(plan.merged_dir, config.hf_dtype)
+        return
+    lengths = [len(p.ids) for p in prompts]
+    need = streamed_need(
+        [plan.merged_dir, plan.base_dir],
+        adapter_dir=plan.adapter_dir,
+        positions=sum(lengths),
+        longest=max(lengths),
+        compute_dtype=config.hf_dtype,
+    )
+    free = available_memory()
+    console.info(
+        f"  verify: the Hugging Face side needs about {need.total / 2**30:.1f} GiB of RAM"
+        + (f" ({free / 2**30:.1f} GiB available)" if free is not None else "")
+    )
+    check_streamed_memory(need, config.hf_dtype, free)
+
+
+def _run_checks(
+    config: VerifyConfig, plan: _Plan, prompts: list[Prompt], bos: str | None
+) -> tuple[Check, ...]:
+    from persona_export.verify.logits import streaming
 
     artifact = plan.artifact
     # What is certified is what was read: content hashes taken while the checks run (no
     # hash reused from a manifest), and every input confirmed unchanged afterwards.
-    before = {name: _stat_key(path) for name, path in artifact.inputs.items()}
+    before = {name: stat_key(path) for name, path in artifact.inputs.items()}
     before.update(plan.read_at)  # the Modelfile was parsed while planning
     hashing = BackgroundRecords(artifact.inputs, {})
-    bounds = _bounds(config, plan.merged_dir)
+    bounds = _bounds(config, plan.sources)
     try:
         with artifact.write() as writing:
-            prompts, bos = build_prompts(
-                plan.merged_dir, plan.modelfile.system, load_conversations(config.prompts_file)
-            )
             with work_dir(plan.artifact.path) as scratch:
                 engines = Engines(
                     plan.merged_dir,
@@ -386,14 +327,14 @@ def _run_checks(config: VerifyConfig, plan: _Plan) -> tuple[Check, ...]:
                         bos,
                         max_tokens=config.max_tokens,
                         threads=config.threads,
-                        log_dir=scratch,
+                        log_file=config.layout.verify_server_log(config.persona),
                         choice=choice_for(plan.modelfile),
                         merged_dir=plan.merged_dir,
                         steps=steps,
                     )
                     steps.finish()
             records = hashing.result()
-            changed = _changed_inputs(artifact.inputs, before)
+            changed = changed_inputs(artifact.inputs, before)
             if changed:
                 checks.append(
                     error_check(
@@ -409,6 +350,7 @@ def _run_checks(config: VerifyConfig, plan: _Plan) -> tuple[Check, ...]:
                     "persona": config.persona,
                     "passed": passed,
                     "llama_cpp_commit": vendor.commit(),
+                    "hf_engine": "layer-streamed" if streaming() else "whole-model",
                     "base_dir": str(plan.base_dir),
                     "modelfile_gguf": plan.modelfile.gguf.name,
                     "conversations": [list(p.messages) for p in prompts],

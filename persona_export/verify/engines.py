@@ -17,7 +17,7 @@ import gc
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from persona_export import console
 from persona_export.errors import PersonaExportError
@@ -36,6 +36,9 @@ from persona_export.verify.checks import (
 from persona_export.verify.data import Bounds
 from persona_export.verify.prompts import Prompt
 from persona_export.verify.tools import Renderer
+
+if TYPE_CHECKING:
+    from persona_export.llamacpp.server import LlamaServer
 
 
 class Steps:
@@ -94,18 +97,19 @@ def logit_checks(
 ) -> list[Check]:
     """The three logit comparisons (see the module docstring); ``steps`` shows progress."""
     from persona_export.llamacpp.logits import gguf_logits
-    from persona_export.verify.logits import hf_logits, peft_logits
+    from persona_export.verify.logits import adapter_logits, model_logits, streaming
     from persona_export.verify.metrics import compare
 
     ids = [p.ids for p in prompts]
     checks: list[Check] = []
     steps = steps or Steps()
     positions = sum(map(len, ids))
-    steps.next(f"merged model, {engines.hf_dtype}, {positions} positions")
-    merged = hf_logits(engines.merged_dir, ids, dtype=engines.hf_dtype)
+    how = "one layer at a time" if streaming() else "whole model"
+    steps.next(f"merged model, {engines.hf_dtype}, {positions} positions, {how}")
+    merged = model_logits(engines.merged_dir, ids, dtype=engines.hf_dtype)
     gc.collect()
-    steps.next(f"base + adapter through PEFT, {positions} positions")
-    peft = peft_logits(engines.base_dir, engines.adapter_dir, ids, dtype=engines.hf_dtype)
+    steps.next(f"base + adapter through PEFT, {positions} positions, {how}")
+    peft = adapter_logits(engines.base_dir, engines.adapter_dir, ids, dtype=engines.hf_dtype)
     gc.collect()
     # A swap counts only where the reference's lead exceeds the error the NMSE bound allows.
     checks.append(
@@ -184,13 +188,14 @@ def server_checks(
     *,
     max_tokens: int,
     threads: int | None,
-    log_dir: Path,
+    log_file: Path,
     choice: OllamaChoice,
     merged_dir: Path,
     steps: Steps | None = None,
 ) -> list[Check]:
     """Templates, tokens and generation (see the module docstring); ``choice`` says which
     template Ollama will use, ``merged_dir`` holds the HF tokenizer for tool conversations;
+    llama-server's log is ``log_file`` (it exists once this returns, also after a failure);
     ``steps`` shows progress."""
     from persona_export.llamacpp.server import llama_server
     from persona_export.verify.tools import ollama_check, tools_check
@@ -204,7 +209,9 @@ def server_checks(
     ctx = max(map(len, (p.ids for p in prompts))) + max_tokens + 64
 
     def with_server() -> None:
-        with llama_server(modelfile.gguf, log_dir, ctx_size=ctx, threads=threads) as server:
+        with llama_server(
+            modelfile.gguf, log_file=log_file, ctx_size=ctx, threads=threads
+        ) as server:
             llama_texts: list[str | None] = [server.apply_template(p.messages) for p in prompts]
             checks.append(
                 template_check(
@@ -225,19 +232,9 @@ def server_checks(
                 (go if go is not None and rendered else llama) or ""
                 for go, llama in zip(go_texts or llama_texts, llama_texts, strict=True)
             ]
-            checks.append(token_check([p.ids for p in prompts], [server.tokenize(t) for t in sent]))
-            answers = []
-            for number, text in enumerate(sent, 1):
-                steps.next(f"greedy answer {number}/{len(sent)}, at most {max_tokens} tokens")
-                done = server.complete(text, stop=modelfile.stops, n_predict=max_tokens)
-                answers.append(
-                    {
-                        "stop_type": done.stop_type,
-                        "stopping_word": done.stopping_word,
-                        "tokens": done.tokens_predicted,
-                        "text": done.text,
-                    }
-                )
+            tokens = [server.tokenize(t) for t in sent]
+            checks.append(token_check([p.ids for p in prompts], tokens))
+            answers = _answers(server, sent, tokens, modelfile, max_tokens, steps)
             checks.append(generation_check(answers, max_tokens))
 
     _guarded("llama-server", checks, with_server)
@@ -272,3 +269,37 @@ def _server_tools(server: Any, modelfile: Modelfile) -> Renderer:
         return str(server.apply_template([*head, *conversation], TOOLS))
 
     return render
+
+
+def _answers(
+    server: LlamaServer,
+    prompts: Sequence[str],
+    tokens: Sequence[Sequence[int]],
+    modelfile: Modelfile,
+    max_tokens: int,
+    steps: Steps,
+) -> list[dict[str, Any]]:
+    """Greedy answers to ``prompts``, one step each; the time limits of each come from the speed the
+    answers before it measured (llamacpp/server.py, SpeedLimits), so a model that does not
+    stop ends on the token limit, however slow this machine is."""
+    from persona_export.llamacpp.server import SpeedLimits
+
+    limits = SpeedLimits()
+    answers = []
+    for number, (text, ids) in enumerate(zip(prompts, tokens, strict=True), 1):
+        steps.next(f"greedy answer {number}/{len(prompts)}, at most {max_tokens} tokens")
+        done = server.complete(
+            text, stop=modelfile.stops, n_predict=max_tokens, limits=limits, prompt_tokens=len(ids)
+        )
+        limits = limits.measured(done)
+        answers.append(
+            {
+                "stop_type": done.stop_type,
+                "stopping_word": done.stopping_word,
+                "tokens": done.tokens_predicted,
+                "text": done.text,
+                "seconds": round(done.seconds, 3),
+                "tokens_per_second": round(done.predicted_per_second, 2),
+            }
+        )
+    return answers
