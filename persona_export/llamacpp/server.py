@@ -47,6 +47,7 @@ class Completion:
     stop_type: str
     stopping_word: str
     tokens_predicted: int
+    tokens: tuple[int, ...] = ()  # the generated ids, when asked for (``return_tokens``)
 
 
 @dataclass(frozen=True)
@@ -96,14 +97,22 @@ class LlamaServer:
         return [int(t) for t in data["tokens"]]
 
     def complete(
-        self, prompt: str, *, stop: Sequence[str], n_predict: int, seed: int = 0
+        self,
+        prompt: str | Sequence[int],
+        *,
+        stop: Sequence[str],
+        n_predict: int,
+        seed: int = 0,
+        return_tokens: bool = False,
     ) -> Completion:
-        """Greedy completion of ``prompt`` (temperature 0) that ends on an end-of-generation
-        token, one of ``stop``, or after ``n_predict`` tokens."""
+        """Greedy completion of ``prompt`` (text, or token ids taken as they are; temperature
+        0) that ends on an end-of-generation token, one of ``stop``, or after ``n_predict``
+        tokens. ``return_tokens``: the completion carries the generated ids too."""
         data = self._post(
             "/completion",
             {
-                "prompt": prompt,
+                "prompt": prompt if isinstance(prompt, str) else [int(i) for i in prompt],
+                "return_tokens": return_tokens,
                 "n_predict": n_predict,
                 "temperature": 0.0,
                 "top_k": 1,
@@ -118,7 +127,27 @@ class LlamaServer:
             stop_type=str(data.get("stop_type", "")),
             stopping_word=str(data.get("stopping_word", "")),
             tokens_predicted=int(data.get("tokens_predicted", 0)),
+            tokens=tuple(int(t) for t in data.get("tokens") or ()),
         )
+
+    def complete_many(
+        self,
+        prompts: Sequence[str | Sequence[int]],
+        *,
+        stop: Sequence[str],
+        n_predict: int,
+        workers: int = 1,
+    ) -> list[Completion]:
+        """:meth:`complete` for each prompt, ``workers`` requests at a time (a server started
+        with as many ``parallel`` slots batches them), in the prompts' order."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if workers <= 1:
+            return [self.complete(p, stop=stop, n_predict=n_predict) for p in prompts]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(
+                pool.map(lambda p: self.complete(p, stop=stop, n_predict=n_predict), prompts)
+            )
 
 
 def _log_tail(log_path: Path) -> str:
@@ -138,6 +167,7 @@ def llama_server(
     start_timeout_s: float = START_TIMEOUT_S,
     request_timeout_s: float = REQUEST_TIMEOUT_S,
     chat_template_file: Path | None = None,
+    parallel: int = 1,
 ) -> Iterator[LlamaServer]:
     """Serve ``gguf`` with the vendored llama-server (``--jinja``, ``--special``) on a free
     127.0.0.1 port; yield a :class:`LlamaServer` once ``/health`` answers.
@@ -147,7 +177,8 @@ def llama_server(
     sent SIGTERM (SIGKILL after ``STOP_TIMEOUT_S``) and the server is reaped. Raises
     ToolMissingError when the server is not built, ExternalToolError when it exits or does
     not become healthy within ``start_timeout_s`` (with the tail of its log).
-    ``chat_template_file`` replaces the GGUF's own chat template.
+    ``chat_template_file`` replaces the GGUF's own chat template. ``parallel``: slots that
+    decode concurrent requests in one batch, each with ``ctx_size`` tokens of context.
     """
     binary = vendor.tool("llama-server")
     port = free_port()
@@ -162,11 +193,11 @@ def llama_server(
         "--jinja",
         "--special",
         "--ctx-size",
-        str(ctx_size),
+        str(ctx_size * parallel),
         "--threads",
         str(threads or min(4, os.cpu_count() or 1)),
         "--parallel",
-        "1",
+        str(parallel),
         "--no-webui",
         "--no-warmup",
     ]

@@ -1,6 +1,7 @@
 """The verify stage: prove that a persona's export behaves like base + adapter.
 
-On the conversations of templates/verify_prompts.toml, each preceded by the persona's system
+On the conversations of templates/verify_prompts.toml (plus the persona's own
+``verify_prompts`` from the personas TOML), each preceded by the persona's system
 prompt (the Modelfile's SYSTEM) and turned into token ids by the merged model's tokenizer
 (:mod:`persona_export.verify.prompts`), so that every engine sees the same ids
 (:mod:`persona_export.verify.engines` runs them, :mod:`persona_export.verify.checks` judges):
@@ -10,7 +11,9 @@ prompt (the Modelfile's SYSTEM) and turned into token ids by the merged model's 
 2. ``merged-vs-<F16>``: the merged model against the unquantized GGUF run by the vendored
    llama.cpp (``pe-logits``): the conversion. NMSE and top-1 agreement.
 3. ``<F16>-vs-<Q>``: the unquantized GGUF against each quantized one: mean KL divergence of the
-   next-token distributions (bound per type) and top-1 agreement.
+   next-token distributions (bound per type), persona retention against the base model
+   without the adapter (minimum per type; :mod:`persona_export.verify.retention`), top-1
+   agreement, and how many greedy answers are the F16's (reported, not bounded).
 4. ``template-modelfile``: the Modelfile's TEMPLATE and SYSTEM rendered by Go's text/template
    as Ollama renders them equals the HF chat template's text (skipped without Go).
 5. ``template-gguf``: the chat template embedded in the GGUF, rendered by llama-server
@@ -28,6 +31,7 @@ returns the result; the caller decides what a failure means.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -49,7 +53,14 @@ from persona_export.llamacpp import vendor
 from persona_export.ollama.modelfile import Modelfile
 from persona_export.stages.base import StageConfig, StageResult, Status
 from persona_export.verify.checks import FAILED, PASSED, SKIPPED, Check, error_check
-from persona_export.verify.data import bounds_path, load_bounds, load_conversations, prompts_path
+from persona_export.verify.data import (
+    Turn,
+    bounds_path,
+    load_bounds,
+    load_conversations,
+    prompts_path,
+    verify_conversations,
+)
 from persona_export.verify.engines import Engines, logit_checks, server_checks
 from persona_export.verify.memory import check_memory, merged_dtype
 
@@ -69,8 +80,11 @@ class VerifyConfig(StageConfig):
     every ``<persona>-<TYPE>.gguf`` present). ``base_model``: the base for the PEFT check
     (default: the one the merge recorded). ``prompts_file``: conversations replacing the
     shipped ones. ``None`` bounds take the shipped defaults (templates/verify_bounds.toml);
-    ``kl_max`` overrides them per quantization type. ``max_tokens`` bounds each answer of the
-    generation check. ``force`` re-runs even when an earlier passing report is up to date.
+    ``kl_max`` and ``retention_min`` override them per quantization type. ``max_tokens``
+    bounds each answer of the generation check. ``personas_file``: where the persona's
+    ``verify_prompts`` may be defined (besides templates/personas.toml and ./personas.toml).
+    A quant ``AUTO`` is the type ``quantize --type auto`` chose. ``force`` re-runs even when
+    an earlier passing report is up to date.
     """
 
     quants: tuple[str, ...] = ()
@@ -81,6 +95,8 @@ class VerifyConfig(StageConfig):
     nmse_max: float | None = None
     top1_min: float | None = None
     kl_max: Mapping[str, float] = field(default_factory=dict)
+    retention_min: Mapping[str, float] = field(default_factory=dict)
+    personas_file: Path | None = None
     max_tokens: int = DEFAULT_MAX_TOKENS
     hf_dtype: str = "float32"
     threads: int | None = None
@@ -117,8 +133,10 @@ def _quant_paths(config: VerifyConfig) -> dict[str, Path]:
     layout, persona = config.layout, config.persona
     source = config.source_type.upper()
     if config.quants:
+        from persona_export.stages.quantize_auto import resolve_types
+
         paths = {}
-        for quant in dict.fromkeys(q.upper() for q in config.quants):
+        for quant in resolve_types(layout, persona, config.quants):
             if quant == source:
                 continue
             path = layout.gguf(persona, quant)
@@ -138,9 +156,11 @@ def _quant_paths(config: VerifyConfig) -> dict[str, Path]:
     return found
 
 
-def _base_model(config: VerifyConfig, merged_dir: Path) -> str:
-    if config.base_model:
-        return config.base_model
+def recorded_base_model(merged_dir: Path, given: str | None = None) -> str:
+    """``given``, else the base model the merge of ``merged_dir`` recorded, else the
+    default base."""
+    if given:
+        return given
     recorded = (read_json(merged_dir / DIR_MANIFEST) or {}).get("base_model")
     return recorded if isinstance(recorded, str) and recorded else DEFAULT_BASE_MODEL
 
@@ -228,6 +248,7 @@ class _Plan:
     modelfile: Modelfile
     base_dir: Path
     artifact: Artifact
+    conversations: tuple[tuple[Turn, ...], ...]
 
 
 def _plan(config: VerifyConfig) -> _Plan:
@@ -235,10 +256,12 @@ def _plan(config: VerifyConfig) -> _Plan:
 
     merged_dir, adapter_dir, source = _check_inputs(config)
     quants = _quant_paths(config)
+    shipped = load_conversations(config.prompts_file)
+    conversations = verify_conversations(config.persona, config.prompts_file, config.personas_file)
     modelfile = Modelfile.read(config.layout.modelfile(config.persona))
     modelfile.require_gguf()
     bounds = _bounds(config, merged_dir)
-    base_model = _base_model(config, merged_dir)
+    base_model = recorded_base_model(merged_dir, config.base_model)
     base_dir = resolve_base_model(base_model)
     ggufs = {config.source_type.upper(): source, **quants, "modelfile": modelfile.gguf}
     inputs = _input_files(
@@ -264,24 +287,32 @@ def _plan(config: VerifyConfig) -> _Plan:
                 "peft_top1_min": bounds.peft_top1_min,
                 "nmse_max": bounds.nmse_max,
                 "top1_min": bounds.top1_min,
-                "kl_max": {q: bounds.kl_bound(q) for q in sorted(quants)},
+                **bounds.for_types(quants),
             },
             "max_tokens": config.max_tokens,
             "hf_dtype": config.hf_dtype,
+            # the persona's own prompts (the shipped ones are an input file)
+            "conversations": len(conversations),
+            "persona_prompts": [c[-1]["content"] for c in conversations[len(shipped) :]],
         },
         inputs=inputs,
     )
-    return _Plan(merged_dir, adapter_dir, source, quants, modelfile, base_dir, artifact)
+    return _Plan(
+        merged_dir, adapter_dir, source, quants, modelfile, base_dir, artifact, conversations
+    )
 
 
 def _bounds(config: VerifyConfig, merged_dir: Path) -> Any:
-    return load_bounds(
+    bounds = load_bounds(
         merged_dtype=merged_dtype(merged_dir),
         peft_nmse_max=config.peft_nmse_max,
         nmse_max=config.nmse_max,
         top1_min=config.top1_min,
         kl_max=config.kl_max,
+        retention_min=config.retention_min,
     )
+    # the answers compared between a quant and the F16 are no longer than --max-tokens
+    return dataclasses.replace(bounds, answer_tokens=min(bounds.answer_tokens, config.max_tokens))
 
 
 def _load_report(data: Mapping[str, Any]) -> tuple[Check, ...]:
@@ -325,9 +356,7 @@ def _run_checks(config: VerifyConfig, plan: _Plan) -> tuple[Check, ...]:
     bounds = _bounds(config, plan.merged_dir)
     try:
         with artifact.write() as writing:
-            prompts, bos = build_prompts(
-                plan.merged_dir, plan.modelfile.system, load_conversations(config.prompts_file)
-            )
+            prompts, bos = build_prompts(plan.merged_dir, plan.modelfile.system, plan.conversations)
             with work_dir(plan.artifact.path) as scratch:
                 engines = Engines(
                     plan.merged_dir,

@@ -1,7 +1,9 @@
 """Running each engine on the verify prompts and turning what they say into checks.
 
 * :func:`logit_checks`: PEFT (base + adapter, unmerged) against the merged model, the merged
-  model against the unquantized GGUF (llama.cpp), that GGUF against each quantized one.
+  model against the unquantized GGUF (llama.cpp), that GGUF against each quantized one: KL,
+  persona retention (against the base without the adapter) and greedy answers
+  (:mod:`persona_export.verify.fidelity`).
 * :func:`server_checks`: the Modelfile's TEMPLATE rendered by Go as Ollama renders it, the
   GGUF's own template rendered by llama-server, llama.cpp's tokens, and greedy answers with
   the Modelfile's stops.
@@ -27,7 +29,7 @@ from persona_export.verify.checks import (
     agreement_check,
     error_check,
     generation_check,
-    kl_check,
+    quant_check,
     template_check,
     token_check,
 )
@@ -68,7 +70,7 @@ def _guarded(name: str, checks: list[Check], step: Callable[[], None]) -> bool:
 def logit_checks(engines: Engines, bounds: Bounds, prompts: Sequence[Prompt]) -> list[Check]:
     """The three logit comparisons (see the module docstring)."""
     from persona_export.llamacpp.logits import gguf_logits
-    from persona_export.verify.logits import hf_logits, peft_logits
+    from persona_export.verify.logits import base_logits, hf_logits, peft_logits
     from persona_export.verify.metrics import compare
 
     ids = [p.ids for p in prompts]
@@ -90,6 +92,11 @@ def logit_checks(engines: Engines, bounds: Bounds, prompts: Sequence[Prompt]) ->
     )
     del peft
     gc.collect()
+    base: list = []
+    if engines.quants:
+        progress(f"base model without the adapter ({engines.base_dir})")
+        base = base_logits(engines.base_dir, ids, dtype=engines.hf_dtype)
+        gc.collect()
     source_name = f"merged-vs-{engines.source_type}"
     progress(f"{engines.source.name} through llama.cpp")
     f16: list = []
@@ -109,17 +116,51 @@ def logit_checks(engines: Engines, bounds: Bounds, prompts: Sequence[Prompt]) ->
     )
     del merged
     gc.collect()
+    if engines.quants:
+        checks += _quant_checks(engines, bounds, ids, f16, base)
+    return checks
+
+
+def _quant_checks(
+    engines: Engines, bounds: Bounds, ids: Sequence[Sequence[int]], f16: list, base: list
+) -> list[Check]:
+    """Each quantized GGUF against the F16 (KL, retention, answers)."""
+    from persona_export.verify.answers import greedy_answers
+    from persona_export.verify.fidelity import Reference, measure
+
+    checks: list[Check] = []
+    refs: list[Reference] = []
+
+    def reference() -> None:
+        progress(f"{engines.source.name} greedy answers (at most {bounds.answer_tokens} tokens)")
+        answers = greedy_answers(
+            engines.source,
+            ids,
+            max_tokens=bounds.answer_tokens,
+            log_dir=engines.work_dir,
+            threads=engines.threads,
+        )
+        prompts = tuple(tuple(p) for p in ids)
+        refs.append(Reference(prompts, f16, base, tuple(answers), bounds.answer_tokens))
+
+    if not _guarded(f"{engines.source_type}-answers", checks, reference):
+        return checks
     for quant, path in engines.quants.items():
         name = f"{engines.source_type}-vs-{quant}"
-        progress(f"{path.name} through llama.cpp")
+        progress(f"{path.name} through llama.cpp (logits, then greedy answers)")
 
-        def quant_check(path: Path = path, quant: str = quant, name: str = name) -> None:
-            logits = gguf_logits(path, ids, engines.work_dir, threads=engines.threads)
-            checks.append(
-                kl_check(name, compare(zip(f16, logits, strict=True)), bounds.kl_bound(quant))
+        def one(path: Path = path, quant: str = quant, name: str = name) -> None:
+            fidelity = measure(
+                path,
+                quant,
+                refs[0],
+                prefix_tokens=bounds.prefix_tokens,
+                work_dir=engines.work_dir,
+                threads=engines.threads,
             )
+            checks.append(quant_check(name, fidelity, bounds))
 
-        _guarded(name, checks, quant_check)
+        _guarded(name, checks, one)
     return checks
 
 

@@ -2,7 +2,8 @@
 same ids as :func:`persona_export.llamacpp.logits.gguf_logits` gives for a GGUF:
 
 * :func:`peft_logits`: the base model with the adapter applied unmerged by PEFT;
-* :func:`hf_logits`: a Hugging Face model folder (the merged model).
+* :func:`hf_logits`: a Hugging Face model folder (the merged model);
+* :func:`base_logits`: the base model without the adapter (the persona's reference point).
 
 The Hugging Face models run in float32 (``dtype``) on the CPU, one at a time. Each function
 loads its model, returns only numpy arrays, and has freed the model by the time it returns
@@ -90,6 +91,14 @@ def _hf_logits(model_dir: Path, prompts: Sequence[TokenIds], dtype: str) -> list
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=_torch_dtype(dtype))
     model.eval()
     return _forward(model, prompts)
+
+
+def base_logits(
+    base_dir: Path, prompts: Sequence[TokenIds], *, dtype: str = "float32"
+) -> list[Array]:
+    """Logits of the base model in ``base_dir`` without the adapter (same shape as
+    :func:`hf_logits`); the model is freed before this returns."""
+    return _freeing(_hf_logits, base_dir, prompts, dtype)
 
 
 def _adapter_embedding_rows(adapter_dir: Path) -> int | None:
