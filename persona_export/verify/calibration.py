@@ -116,12 +116,23 @@ def persona_calibration_text(
         f16_gguf, log_dir, ctx_size=ctx, threads=threads, parallel=parallel
     ) as server:
         answers = server.complete_many(prompts, stop=(), n_predict=answer_tokens, workers=parallel)
+    specials = [str(t) for t in tokenizer.all_special_tokens if t]
     texts = [
         str(
             tokenizer.apply_chat_template(
-                [*chat, {"role": "assistant", "content": answer.text.strip()}], tokenize=False
+                [*chat, {"role": "assistant", "content": _answer(answer.text, specials)}],
+                tokenize=False,
             )
         )
         for chat, answer in zip(chats, answers, strict=True)
     ]
     return "".join(texts)
+
+
+def _answer(text: str, specials: Sequence[str]) -> str:
+    """An answer without the end-of-turn token llama-server (``--special``) leaves at its
+    end: the chat template writes its own."""
+    text = text.strip()
+    while ending := next((s for s in specials if text.endswith(s)), None):
+        text = text[: -len(ending)].rstrip()
+    return text
