@@ -131,6 +131,7 @@ def export(
     Each stage is skipped when its output is up to date (a re-run with nothing changed takes seconds); --quant auto lets quantize choose the smallest type that keeps the persona; verify runs before the model is registered, so a failing export never reaches Ollama. Prints a summary per persona: each stage's status, time and files, and the verify table. Exits 1 when any persona failed.
     """
     from persona_export.errors import PersonaExportError, UsageError, VerificationError
+    from persona_export.stages.base import Status
     from persona_export.stages.export import ExportConfig, run
     from persona_export.stages.quantize_auto import parse_ladder
     from persona_export.verify.data import parse_kl_overrides, parse_retention_overrides
@@ -177,6 +178,13 @@ def export(
         (done,) = result.exports
         if done.error is not None:
             raise done.error
+        failed = next(s for s in done.stages if s.status is Status.FAILED)
+        if failed.stage != "verify":  # quantize --quant auto: no type passed
+            raise VerificationError(
+                f"{done.persona}: {failed.stage} failed ({failed.detail}); the model was not "
+                "registered with Ollama",
+                "see the summary above",
+            )
         raise VerificationError(
             f"{done.persona}: verify failed; the model was not registered with Ollama",
             f"see the table above and {done.verify.report if done.verify else 'verify.json'}",

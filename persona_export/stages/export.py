@@ -256,7 +256,11 @@ def _verify_failed(config: ExportConfig, persona: str, done: Done) -> StageResul
     earlier stage failed."""
     verified = done.get("verify")
     if verified is not None and verified.status in (Status.FAILED, Status.NOT_RUN):
-        why = "verify failed" if verified.status is Status.FAILED else verified.detail
+        why = (
+            "verify failed"
+            if verified.status is Status.FAILED
+            else verified.detail.removeprefix("not run: ")
+        )
         return StageResult("ollama", persona, Status.NOT_RUN, detail=f"not registered: {why}")
     return None
 
