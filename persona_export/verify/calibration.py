@@ -116,7 +116,9 @@ def persona_calibration_text(
         f16_gguf, log_dir, ctx_size=ctx, threads=threads, parallel=parallel
     ) as server:
         answers = server.complete_many(prompts, stop=(), n_predict=answer_tokens, workers=parallel)
-    specials = [str(t) for t in tokenizer.all_special_tokens if t]
+    # control tokens: the named special tokens and every added token marked special
+    specials = {str(t) for t in tokenizer.all_special_tokens if t}
+    specials |= {str(t.content) for t in tokenizer.added_tokens_decoder.values() if t.special}
     texts = [
         str(
             tokenizer.apply_chat_template(
@@ -129,10 +131,11 @@ def persona_calibration_text(
     return "".join(texts)
 
 
-def _answer(text: str, specials: Sequence[str]) -> str:
+def _answer(text: str, specials: Iterable[str]) -> str:
     """An answer without the end-of-turn token llama-server (``--special``) leaves at its
     end: the chat template writes its own."""
     text = text.strip()
+    specials = tuple(specials)
     while ending := next((s for s in specials if text.endswith(s)), None):
         text = text[: -len(ending)].rstrip()
     return text
