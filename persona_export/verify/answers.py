@@ -24,10 +24,13 @@ def greedy_answers(
     threads: int | None = None,
 ) -> list[Answer]:
     """The token ids ``gguf`` answers each prompt (token ids) with, greedily."""
-    from persona_export.llamacpp.server import llama_server
+    from persona_export.llamacpp.server import generation_timeout, llama_server
 
     ctx = max(len(p) for p in prompts) + max_tokens + 16
-    with llama_server(gguf, log_dir, ctx_size=ctx, threads=threads) as server:
+    timeout = generation_timeout(max_tokens)
+    with llama_server(
+        gguf, log_dir, ctx_size=ctx, threads=threads, request_timeout_s=timeout
+    ) as server:
         return [
             server.complete(list(ids), stop=(), n_predict=max_tokens, return_tokens=True).tokens
             for ids in prompts

@@ -97,7 +97,7 @@ def persona_calibration_text(
     most ``answer_tokens`` tokens; ``parallel`` answered at a time)."""
     from transformers import AutoTokenizer
 
-    from persona_export.llamacpp.server import llama_server
+    from persona_export.llamacpp.server import generation_timeout, llama_server
 
     tokenizer = AutoTokenizer.from_pretrained(merged_dir)
     chats = [
@@ -113,7 +113,12 @@ def persona_calibration_text(
         prompts.append([int(i) for i in ids])
     ctx = max(len(p) for p in prompts) + answer_tokens + 16
     with llama_server(
-        f16_gguf, log_dir, ctx_size=ctx, threads=threads, parallel=parallel
+        f16_gguf,
+        log_dir,
+        ctx_size=ctx,
+        threads=threads,
+        parallel=parallel,
+        request_timeout_s=generation_timeout(answer_tokens),
     ) as server:
         answers = server.complete_many(prompts, stop=(), n_predict=answer_tokens, workers=parallel)
     # control tokens: the named special tokens and every added token marked special
