@@ -22,7 +22,7 @@ REQUIRED_PACKAGES = (
     "huggingface_hub",
     "numpy",
 )
-OPTIONAL_PACKAGES = ("ollama",)
+OPTIONAL_PACKAGES: tuple[str, ...] = ()
 MIN_FREE_DISK_GB = 20.0
 MIN_RAM_GB = 4.0
 
@@ -92,6 +92,37 @@ def _ollama_check() -> Check:
     )
 
 
+def _ollama_server_check() -> Check:
+    """Whether an Ollama server answers where `ollama` would look for one (OLLAMA_HOST, else
+    Ollama's default address), and its version."""
+    from persona_export.errors import UsageError
+    from persona_export.ollama import registry
+
+    raw = os.environ.get(registry.HOST_VAR, "").strip()
+    if raw:
+        try:
+            host = registry.parse_host(raw)
+        except UsageError as exc:
+            return Check("ollama-server", False, exc.message, exc.hint, required=False)
+        where = f"{registry.HOST_VAR}={raw}"
+    else:
+        host = registry.DEFAULT_HOST
+        where = f"{host} (Ollama's default address)"
+    server = registry.probe(host)
+    if server.answers:
+        return Check(
+            "ollama-server", True, f"Ollama {server.version} answers at {where}", required=False
+        )
+    return Check(
+        "ollama-server",
+        False,
+        f"nothing answers at {where} ({server.error})",
+        "start it with `ollama serve` (or set OLLAMA_HOST to where it runs); without a server "
+        "or the CLI, `persona-export ollama` prints the command to run later",
+        required=False,
+    )
+
+
 def _ram_gb() -> float | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -121,6 +152,7 @@ def run_checks(workdir: Path = Path(".")) -> list[Check]:
         )
     )
     checks.append(_ollama_check())
+    checks.append(_ollama_server_check())
     free_gb = shutil.disk_usage(workdir.resolve()).free / 1024**3
     checks.append(
         Check(

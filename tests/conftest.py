@@ -46,7 +46,8 @@ def phi4mini_project(tmp_path_factory: pytest.TempPathFactory, tiny_phi4mini: Pa
 
 # --------------------------------------------------------------------------------------
 # modelfile / ollama (tests/test_modelfile*.py, tests/test_chat_formats*.py,
-# tests/test_ollama*.py; helpers in tests/gotemplate_runner.py, tests/modelfile_parser.py)
+# tests/test_ollama*.py; helpers in tests/gotemplate_runner.py, tests/modelfile_parser.py,
+# tests/ollama_kit.py)
 # --------------------------------------------------------------------------------------
 
 
@@ -55,6 +56,18 @@ def go_template() -> GoTemplateRenderer:
     """Renders Ollama TEMPLATEs with Go's text/template the way Ollama does (the program in
     persona_export/gotemplate/, built once into the cache). Skips when Go is not installed."""
     return renderer_or_skip()
+
+
+@pytest.fixture(autouse=True)
+def _nothing_at_ollamas_default_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reaches an Ollama that happens to listen at its default address
+    (127.0.0.1:11434): the address is replaced by one where nothing listens. Tests of the
+    default address set their own (helpers in tests/ollama_kit.py)."""
+    from tests.ollama_kit import closed_port_url
+
+    monkeypatch.setattr(
+        "persona_export.ollama.registry.DEFAULT_HOST", closed_port_url(), raising=False
+    )
 
 
 # --------------------------------------------------------------------------------------

@@ -266,6 +266,8 @@ def test_a_second_writer_waits_for_the_lock_and_says_who_holds_it(tmp_path: Path
         waited = time.monotonic() - started
     holder.wait(timeout=10)
     assert waited > 0.5
-    assert len(heard) == 1 and heard[0].startswith(f"waiting for {lock}: held by pid {holder.pid} (")
+    assert len(heard) == 1 and heard[0].startswith(
+        f"waiting for {lock}: held by pid {holder.pid} ("
+    )
     with persona_lock(lock), persona_lock(lock):  # re-entrant within a process
         pass

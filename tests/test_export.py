@@ -35,7 +35,8 @@ def _stage_statuses(stdout: str, persona: str) -> dict[str, str]:
         if not line.startswith("  ") or not words:
             break
         if words[0] in ("merge", "gguf", "quantize", "modelfile", "verify", "ollama"):
-            status = "up to date" if words[1:3] == ["up", "to"] else words[1]
+            two = {("up", "to"): "up to date", ("not", "run"): "not run"}
+            status = two.get(tuple(words[1:3]), words[1])
             statuses[words[0]] = status
     return statuses
 
@@ -68,7 +69,7 @@ def test_export_runs_the_chain_then_skips_everything(
     )
     run = CliRunner().invoke(app, args)
     assert run.exit_code == 0, run.output
-    ollama = "done" if OLLAMA_HERE else "skipped"
+    ollama = "done" if OLLAMA_HERE else "not run"  # the stage contract's status vocabulary
     assert _stage_statuses(run.stdout, PERSONA) == {
         "merge": "done",
         "gguf": "done",
@@ -111,7 +112,7 @@ def test_export_runs_the_chain_then_skips_everything(
     strict = CliRunner().invoke(app, [*args, "--kl-max", "Q4_K_M=1e-9"])
     assert strict.exit_code == 1
     statuses = _stage_statuses(strict.stdout, PERSONA)
-    assert statuses["verify"] == "failed" and statuses["ollama"] == "skipped"
+    assert statuses["verify"] == "failed" and statuses["ollama"] == "not run"
     assert "not registered: verify failed" in strict.stdout
     assert _errors(strict.stderr)[0] == (
         "error: cap: verify failed; the model was not registered with Ollama"
@@ -148,6 +149,58 @@ def test_export_all_reports_each_persona(tmp_path: Path) -> None:
     assert (
         error[1] == "hint: see the summary above; fix one and re-run: finished stages are skipped"
     )
+
+
+@pytest.mark.llama
+@pytest.mark.slow
+def test_export_registers_what_verify_just_passed(
+    tmp_path: Path, exported_project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ollama registers only after a passing verify of the very files (issue 11, item 5):
+    within export, verify runs first, so registration goes ahead; with --no-verify too, and
+    the output says it was not verified. The `ollama` on PATH is tests/ollama_kit's stand-in."""
+    import json
+    import os
+
+    from tests.ollama_kit import install_stand_in
+
+    project = copy_project(exported_project, tmp_path / "p")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "record.json"
+    install_stand_in(bin_dir, record)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    args = _args(
+        project.root,
+        "--persona",
+        PERSONA,
+        "--base-model-id",
+        str(project.base),
+        "--personas",
+        str(project.personas_file),
+        "--quant",
+        "Q4_K_M",
+        "--quant",
+        "Q8_0",
+        "--max-tokens",
+        "48",
+    )
+    unverified = CliRunner().invoke(app, [*args, "--no-verify"])
+    assert unverified.exit_code == 0, unverified.output
+    statuses = _stage_statuses(unverified.stdout, PERSONA)
+    assert statuses["verify"] == "skipped" and statuses["ollama"] == "done"
+    assert "registered as cap (cli), not verified (--no-verify)" in unverified.stdout
+    assert json.loads(record.read_text())["argv"][:2] == ["create", "cap"]
+    record.unlink()
+
+    verified = CliRunner().invoke(app, args)
+    assert verified.exit_code == 0, verified.output
+    statuses = _stage_statuses(verified.stdout, PERSONA)
+    assert statuses["verify"] == "done" and statuses["ollama"] == "done"
+    assert "registered as cap (cli)" in verified.stdout
+    assert "not verified" not in verified.stdout
+    seen = json.loads(record.read_text())
+    assert seen["modelfile"] == project.layout.modelfile(PERSONA).read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize(

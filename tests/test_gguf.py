@@ -15,9 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from persona_export.cli import app
-from persona_export.errors import InvalidInputError
+from persona_export.errors import InvalidInputError, OutputConflictError
 from persona_export.llamacpp import vendor
-from persona_export.errors import OutputConflictError
 from persona_export.stages.gguf import GgufConfig
 from persona_export.stages.gguf import run as run_gguf
 from tests.ggufkit import (

@@ -6,35 +6,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import stat
-import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from persona_export.cli import app
 from persona_export.layout import Layout
-from persona_export.stages.modelfile import ModelfileConfig
-from persona_export.stages.modelfile import run as write_modelfile
 from tests import hf_chat_templates as hf
+from tests import ollama_kit
 from tests.modelfile_kit import PHI, layout_args, make_persona_project, write_personas
 from tests.modelfile_parser import parse_modelfile
-
-PERSONAS = """
-[personas.cap]
-ollama_name = "cap-test"
-system = "You are Captain Test.\\nAnswer like a pirate."
-
-[personas.cap.parameters]
-temperature = 0.8
-num_ctx = 2048
-"""
+from tests.ollama_kit import StandInOllama, install_stand_in
 
 
 @pytest.fixture
@@ -44,30 +28,20 @@ def runner() -> CliRunner:
 
 @pytest.fixture
 def personas_file(tmp_path: Path) -> Path:
-    return write_personas(tmp_path / "personas.toml", PERSONAS)
+    return write_personas(tmp_path / "personas.toml", ollama_kit.PERSONAS)
 
 
 @pytest.fixture
 def exported(tmp_path: Path, personas_file: Path) -> Layout:
-    """A project whose Modelfile is written (tiny stand-in GGUF with a few KB of content)."""
-    layout = make_persona_project(tmp_path / "project", "cap", hf.PHI4MINI, PHI)
-    with open(layout.gguf("cap", "Q4_K_M"), "ab") as fh:
-        fh.write(os.urandom(200_000))  # a body worth hashing
-    write_modelfile(ModelfileConfig("cap", layout=layout, personas_file=personas_file))
-    return layout
+    """A project whose Modelfile is written and verified (see ollama_kit.make_exported)."""
+    return ollama_kit.make_exported(tmp_path / "project", personas_file)
 
 
 @pytest.fixture
 def no_ollama(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """PATH holds only an empty folder (no `ollama`), OLLAMA_HOST unset, no proxies."""
-    empty = tmp_path / "empty-bin"
-    empty.mkdir()
-    monkeypatch.setenv("PATH", str(empty))
-    for var in ("OLLAMA_HOST", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.delenv("https_proxy", raising=False)
-    monkeypatch.delenv("all_proxy", raising=False)
-    return empty
+    """No `ollama` on PATH (the folder returned), OLLAMA_HOST unset, nothing at Ollama's
+    default address (see ollama_kit.without_ollama)."""
+    return ollama_kit.without_ollama(tmp_path, monkeypatch)
 
 
 def invoke(runner: CliRunner, layout: Layout, *args: str):  # type: ignore[no-untyped-def]
@@ -76,36 +50,12 @@ def invoke(runner: CliRunner, layout: Layout, *args: str):  # type: ignore[no-un
 
 # --- the ollama CLI --------------------------------------------------------------------
 
-STAND_IN = """#!{python}
-# A stand-in for the ollama CLI: records its argv and the Modelfile it was given.
-import json, os, sys
-record = {{"argv": sys.argv[1:], "cwd": os.getcwd()}}
-if "-f" in sys.argv:
-    path = sys.argv[sys.argv.index("-f") + 1]
-    record["modelfile_path"] = path
-    record["modelfile"] = open(path, encoding="utf-8").read()
-with open({record!r}, "w", encoding="utf-8") as fh:
-    json.dump(record, fh)
-if os.environ.get("STAND_IN_FAIL"):
-    print("Error: unsupported architecture", file=sys.stderr)
-    sys.exit(1)
-print("gathering model components")
-print("success")
-"""
-
-
-def _install_stand_in(bin_dir: Path, record: Path) -> Path:
-    exe = bin_dir / "ollama"
-    exe.write_text(STAND_IN.format(python=sys.executable, record=str(record)), encoding="utf-8")
-    exe.chmod(exe.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    return exe
-
 
 def test_registers_with_the_ollama_cli(
     runner: CliRunner, exported: Layout, personas_file: Path, no_ollama: Path, tmp_path: Path
 ) -> None:
     record = tmp_path / "record.json"
-    _install_stand_in(no_ollama, record)
+    install_stand_in(no_ollama, record)
     result = invoke(runner, exported, "--personas", str(personas_file))
     assert result.exit_code == 0, result.output
     assert result.stdout == "cap-test\n"
@@ -122,7 +72,7 @@ def test_name_option_overrides_and_is_checked(
     runner: CliRunner, exported: Layout, no_ollama: Path, tmp_path: Path
 ) -> None:
     record = tmp_path / "record.json"
-    _install_stand_in(no_ollama, record)
+    install_stand_in(no_ollama, record)
     result = invoke(runner, exported, "--name", "pirates/cap:v2")
     assert result.exit_code == 0, result.output
     assert json.loads(record.read_text())["argv"][:2] == ["create", "pirates/cap:v2"]
@@ -141,7 +91,7 @@ def test_failing_ollama_cli_is_an_error(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    _install_stand_in(no_ollama, tmp_path / "record.json")
+    install_stand_in(no_ollama, tmp_path / "record.json")
     monkeypatch.setenv("STAND_IN_FAIL", "1")
     result = invoke(runner, exported)
     assert result.exit_code == 1
@@ -153,88 +103,10 @@ def test_failing_ollama_cli_is_an_error(
 # --- the REST API ----------------------------------------------------------------------
 
 
-class StandInOllama(BaseHTTPRequestHandler):
-    """/api/blobs/sha256:<hex> and /api/create, checking what they receive."""
-
-    blobs: dict[str, bytes]
-    creates: list[dict[str, Any]]
-    problems: list[str]
-    refuse_create: bool
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet
-        pass
-
-    def _reply(self, code: int, body: dict[str, Any] | None = None) -> None:
-        data = json.dumps(body or {}).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks = []
-            while True:
-                size = int(self.rfile.readline().strip(), 16)
-                if size == 0:
-                    self.rfile.readline()
-                    return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-        return self.rfile.read(int(self.headers.get("Content-Length", "0")))
-
-    def do_HEAD(self) -> None:
-        digest = self.path.removeprefix("/api/blobs/")
-        self._reply(200 if digest in self.blobs else 404)
-
-    def do_POST(self) -> None:
-        body = self._body()
-        if self.path.startswith("/api/blobs/sha256:"):
-            digest = self.path.removeprefix("/api/blobs/")
-            if hashlib.sha256(body).hexdigest() != digest.removeprefix("sha256:"):
-                self.problems.append("blob digest mismatch")
-                self._reply(400, {"error": "digest mismatch"})
-                return
-            self.blobs[digest] = body
-            self._reply(201)
-        elif self.path == "/api/create":
-            request = json.loads(body)
-            self.creates.append(request)
-            for name, digest in (request.get("files") or {}).items():
-                if name.startswith("/") or ".." in name or "/" in name:
-                    self.problems.append(f"file name not relative: {name}")
-                if digest not in self.blobs:
-                    self.problems.append(f"create names a blob never uploaded: {digest}")
-            if not isinstance((request.get("parameters") or {}).get("stop", []), list):
-                self.problems.append("parameters.stop is not a list")
-            if "modelfile" in request:
-                self.problems.append("the old 'modelfile' field was sent")
-            if self.refuse_create:
-                self._reply(400, {"error": "unsupported model format"})
-            else:
-                self._reply(200, {"status": "success"})
-        else:
-            self.problems.append(f"unexpected POST {self.path}")
-            self._reply(404, {"error": "not found"})
-
-
 @pytest.fixture
 def stand_in_server() -> Iterator[tuple[str, type[StandInOllama]]]:
-    handler = type(
-        "Handler",
-        (StandInOllama,),
-        {"blobs": {}, "creates": [], "problems": [], "refuse_create": False},
-    )
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", handler
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with ollama_kit.stand_in_server() as served:
+        yield served
 
 
 def test_registers_through_the_rest_api(

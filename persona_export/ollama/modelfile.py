@@ -31,7 +31,13 @@ from persona_export.errors import (
     UsageError,
 )
 from persona_export.layout import DEFAULT_QUANT
-from persona_export.ollama.modelfile_syntax import Command, ModelfileSyntaxError, parse, quote
+from persona_export.ollama.modelfile_syntax import (
+    Command,
+    ModelfileSyntaxError,
+    parse,
+    quote,
+    unwritable_char,
+)
 from persona_export.ollama.rules import (
     DEPRECATED_PARAMETERS,
     PARAMETER_TYPES,
@@ -188,15 +194,19 @@ class Modelfile:
         )
 
     @classmethod
-    def read(cls, path: Path) -> Modelfile:
-        """:meth:`parse` the file at ``path``; errors name the file."""
-        if not path.is_file():
+    def read(cls, path: Path, data: bytes | None = None) -> Modelfile:
+        """:meth:`parse` the file at ``path`` (or ``data``, its bytes as the caller already
+        read them, so that what is parsed is what the caller checked); errors name the
+        file."""
+        try:
+            if data is None:
+                data = path.read_bytes()
+            text = data.decode("utf-8")
+        except FileNotFoundError as exc:
             raise InputNotFoundError(
                 f"no Modelfile at {path}",
                 "write it first: persona-export modelfile --persona NAME",
-            )
-        try:
-            text = path.read_text(encoding="utf-8")
+            ) from exc
         except (OSError, UnicodeDecodeError) as exc:
             raise InvalidInputError(f"cannot read {path}: {exc}", REGENERATE_HINT) from exc
         try:
@@ -280,6 +290,26 @@ class Modelfile:
                 "this is a bug in persona-export or templates/Modelfile.j2; please report it",
             )
         return text
+
+
+def license_text(path: Path) -> tuple[str | None, list[str]]:
+    """The text of license file ``path`` as a LICENSE value can hold it (LF line ends, no
+    BOM, without the characters Ollama would drop anyway, e.g. form feeds in old license
+    texts), and warnings; None (with a warning) when it cannot be read or written."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        return None, [f"cannot read {path} ({exc}); the Modelfile has no LICENSE"]
+    text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+    warnings: list[str] = []
+    if unwritable_char(text) is not None:
+        text = "".join(c for c in text if unwritable_char(c) is None)
+        warnings.append(f"{path}: characters Ollama cannot store were left out of LICENSE")
+    try:
+        quote(text, what="LICENSE")
+    except ModelfileSyntaxError as exc:
+        return None, [*warnings, f"{exc.message}; the Modelfile has no LICENSE"]
+    return text, warnings
 
 
 def _comment(text: Any) -> str:

@@ -1,6 +1,6 @@
 """The Modelfile grammar, as Ollama's parser reads it: quoting values and reading them back.
 
-Facts (Ollama's parser/parser.go, 0.33 line; see ../shared/OLLAMA.md):
+Facts (Ollama's parser/parser.go, 0.33 line):
 
 * A line is ``COMMAND value``; the command word is case-insensitive; ``#`` starts a comment
   only at the start of a line.

@@ -1,6 +1,6 @@
 """Ollama's rules for what a Modelfile may say: parameter names and types, model names.
 
-From Ollama's api/types.go and types/model/name.go (0.33 line); see ../shared/OLLAMA.md.
+From Ollama's api/types.go and types/model/name.go (0.33 line).
 """
 
 from __future__ import annotations

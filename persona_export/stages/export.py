@@ -248,6 +248,7 @@ def _ollama(config: ExportConfig, persona: str, done: Done) -> Any:
         layout=config.layout,
         personas_file=config.personas_file,
         require=config.require_ollama,
+        verify=config.verify,
     )
 
 

@@ -36,8 +36,7 @@ from persona_export.artifacts import (
 from persona_export.errors import InputNotFoundError, UsageError
 from persona_export.hf.chat_formats import load_formats
 from persona_export.layout import DEFAULT_QUANT
-from persona_export.ollama.modelfile import Header, Modelfile
-from persona_export.ollama.modelfile_syntax import ModelfileSyntaxError, quote, unwritable_char
+from persona_export.ollama.modelfile import Header, Modelfile, license_text
 from persona_export.ollama.templates import ChosenTemplate, choose_template, tokenizer_facts
 from persona_export.personas import Persona, find_persona, persona_files
 from persona_export.resources import templates_dir
@@ -81,27 +80,12 @@ def _dedupe(items: list[str]) -> tuple[str, ...]:
 
 
 def _license(merged: Path) -> tuple[Path | None, str | None, list[str]]:
-    for name in LICENSE_FILES:
-        path = merged / name
-        if path.is_file():
-            break
-    else:
+    """The merged folder's license file, its text as a LICENSE can hold it, and warnings."""
+    path = next((merged / n for n in LICENSE_FILES if (merged / n).is_file()), None)
+    if path is None:
         return None, None, []
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        return None, None, [f"cannot read {path} ({exc}); the Modelfile has no LICENSE"]
-    text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
-    warnings: list[str] = []
-    if unwritable_char(text) is not None:
-        # Ollama would drop these characters anyway (form feeds in old license texts).
-        text = "".join(c for c in text if unwritable_char(c) is None)
-        warnings.append(f"{path}: characters Ollama cannot store were left out of LICENSE")
-    try:
-        quote(text, what="LICENSE")
-    except ModelfileSyntaxError as exc:
-        return None, None, [*warnings, f"{exc.message}; the Modelfile has no LICENSE"]
-    return path, text, warnings
+    text, warnings = license_text(path)
+    return (path if text is not None else None), text, warnings
 
 
 def run(config: ModelfileConfig) -> ModelfileResult:
