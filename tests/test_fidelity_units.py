@@ -207,7 +207,7 @@ def test_imatrix_chunk_size_for_short_texts() -> None:
 
 def test_ladder_data_and_options() -> None:
     from persona_export.stages.quantize import QuantizeConfig
-    from persona_export.stages.quantize_auto import default_ladder, parse_ladder
+    from persona_export.verify.ladder import default_ladder, parse_ladder
 
     assert default_ladder() == ("Q3_K_M", "Q4_K_S", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0")
     assert parse_ladder(["q4_k_m, Q8_0", "Q6_K"]) == ("Q4_K_M", "Q8_0", "Q6_K")
@@ -222,7 +222,7 @@ def test_ladder_data_and_options() -> None:
 
 def test_ladder_table() -> None:
     from persona_export.cli.quantize import ladder_lines
-    from persona_export.stages.quantize_auto import Rung
+    from persona_export.verify.ladder import Rung
 
     figures = {"kl_mean": 0.0612, "retention": 0.95, "answers": {"identical": 3, "answers": 4}}
     lines = ladder_lines(

@@ -133,8 +133,8 @@ def export(
     from persona_export.errors import PersonaExportError, UsageError, VerificationError
     from persona_export.stages.base import Status
     from persona_export.stages.export import ExportConfig, run
-    from persona_export.stages.quantize_auto import parse_ladder
     from persona_export.verify.data import parse_kl_overrides, parse_retention_overrides
+    from persona_export.verify.ladder import parse_ladder
 
     if (persona is None) == (not all_personas):
         raise UsageError(

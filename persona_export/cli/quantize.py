@@ -35,7 +35,7 @@ from persona_export.cli._options import (
 from persona_export.cli.gguf import size_line
 
 if TYPE_CHECKING:
-    from persona_export.stages.quantize_auto import Rung
+    from persona_export.verify.ladder import Rung
 
 EPILOG = (
     "Example: persona-export quantize --persona captain_codebeard --type Q4_K_M "
@@ -126,8 +126,8 @@ def quantize(
     from persona_export.errors import VerificationError
     from persona_export.stages.base import Status
     from persona_export.stages.quantize import QuantizeConfig, run
-    from persona_export.stages.quantize_auto import parse_ladder
     from persona_export.verify.data import parse_kl_overrides, parse_retention_overrides
+    from persona_export.verify.ladder import parse_ladder
 
     imatrix_file, imatrix_auto = imatrix_option(imatrix)
     config = QuantizeConfig(

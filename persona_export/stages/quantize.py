@@ -44,7 +44,8 @@ from persona_export.llamacpp.quantize import (
     run_quantize_tool,
 )
 from persona_export.stages.base import StageConfig, StageResult, Status
-from persona_export.stages.quantize_auto import AUTO, Rung
+from persona_export.stages.quantize_auto import AUTO, check_options
+from persona_export.verify.ladder import Rung
 
 STAGE = "quantize"
 DEFAULT_TYPE = DEFAULT_QUANT
@@ -96,22 +97,7 @@ class QuantizeConfig(StageConfig):
         super().__post_init__()
         if not self.quant_types:
             raise UsageError("give at least one quantization type", f"e.g. --type {DEFAULT_TYPE}")
-        if self.auto and len(self.quant_types) > 1:
-            raise UsageError(
-                "--type auto chooses one type: give it alone",
-                "quantize other types in a separate run, e.g. --type Q8_0",
-            )
-        if self.ladder and not self.auto:
-            raise UsageError("--ladder applies to --type auto", "add --type auto")
-        if self.imatrix is not None and self.makes_imatrix:
-            raise UsageError(
-                "give one importance matrix: --imatrix FILE, or --imatrix auto (optionally "
-                "with --calibration FILE), not both",
-            )
-        if self.calibration_limit is not None and self.calibration_limit < 1:
-            raise UsageError(
-                f"the calibration limit must be at least 1, not {self.calibration_limit}"
-            )
+        check_options(self)
         if self.threads is not None and self.threads < 1:
             raise UsageError(
                 f"--threads must be at least 1, not {self.threads}", "e.g. --threads 4"
@@ -178,7 +164,7 @@ def run(config: QuantizeConfig) -> QuantizeResult:
         source_type = source.name[len(persona) + 1 : -len(".gguf")]
         known_types = list_quant_types(vendor.tool("llama-quantize"))
         if config.auto:
-            from persona_export.stages.quantize_auto import default_ladder
+            from persona_export.verify.ladder import default_ladder
 
             wanted = canonical_types(config.ladder or default_ladder(), known_types)
         else:

@@ -19,48 +19,54 @@ quantizes nothing; a changed ladder or bound re-judges the recorded figures.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import tomllib
-
 from persona_export import console
-from persona_export.artifacts import Artifact, manifest_path_for, read_json, sha256_bytes, work_dir
-from persona_export.errors import InputNotFoundError, UsageError
+from persona_export.artifacts import manifest_path_for, read_json, work_dir
+from persona_export.errors import InputNotFoundError
 from persona_export.layout import Layout
-from persona_export.llamacpp import vendor
-from persona_export.resources import templates_dir
+from persona_export.stages.quantize_auto_record import (
+    Context,
+    entry_key,
+    measure_context,
+    measure_key,
+    record_artifact,
+)
+from persona_export.verify.ladder import Rung, ladder_reason
 
 if TYPE_CHECKING:
     from persona_export.stages.quantize import QuantizeConfig, QuantizeResult, QuantOutput
-    from persona_export.verify.data import Bounds
     from persona_export.verify.fidelity import Reference
 
 AUTO = "AUTO"
-STAGE = "quantize-auto"
-RECORD_FORMAT = 1
-LADDER_FILE = "quant_ladder.toml"
 
 
-def default_ladder() -> tuple[str, ...]:
-    """The shipped ladder (templates/quant_ladder.toml), smallest type first."""
-    path = templates_dir() / LADDER_FILE
-    try:
-        types = tomllib.loads(path.read_text(encoding="utf-8")).get("types")
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise InputNotFoundError(f"cannot read the ladder {path}: {exc}") from exc
-    if not isinstance(types, list) or not types or not all(isinstance(t, str) for t in types):
-        raise UsageError(f"{path}: 'types' must be a non-empty list of type names")
-    return tuple(t.upper() for t in types)
+def check_options(config: QuantizeConfig) -> None:
+    """The checks of QuantizeConfig's ``--type auto`` and importance-matrix options."""
+    from persona_export.errors import UsageError
 
-
-def parse_ladder(items: Sequence[str]) -> tuple[str, ...]:
-    """``--ladder`` values (repeatable, each a comma-separated list) as type names."""
-    return tuple(t.strip().upper() for item in items for t in item.split(",") if t.strip())
+    if config.auto and len(config.quant_types) > 1:
+        raise UsageError(
+            "--type auto chooses one type: give it alone",
+            "quantize other types in a separate run, e.g. --type Q8_0",
+        )
+    if config.ladder and not config.auto:
+        raise UsageError("--ladder applies to --type auto", "add --type auto")
+    if config.imatrix is not None and config.makes_imatrix:
+        raise UsageError(
+            "give one importance matrix: --imatrix FILE, or --imatrix auto (optionally with "
+            "--calibration FILE), not both",
+        )
+    if config.calibration_limit is not None and config.calibration_limit < 1:
+        raise UsageError(
+            f"the calibration limit must be at least 1, not {config.calibration_limit}"
+        )
+    if config.hf_dtype not in ("float32", "bfloat16", "float16"):
+        raise UsageError(f"unknown dtype {config.hf_dtype!r}", "use float32 or bfloat16")
 
 
 def chosen_type(layout: Layout, persona: str) -> str:
@@ -80,34 +86,6 @@ def resolve_types(layout: Layout, persona: str, types: Sequence[str]) -> list[st
     """``types`` upper-cased, ``AUTO`` replaced by the chosen type, duplicates dropped."""
     resolved = [chosen_type(layout, persona) if t.upper() == AUTO else t.upper() for t in types]
     return list(dict.fromkeys(resolved))
-
-
-@dataclass(frozen=True)
-class Rung:
-    """One type of the ladder: its file's size, its figures (None: not measured, a smaller
-    type passed) and the verdict (``chosen``, ``passed``, ``failed: ...`` or ``not
-    needed``)."""
-
-    quant_type: str
-    size_bytes: int | None
-    bits_per_weight: float | None
-    figures: Mapping[str, Any] | None
-    verdict: str
-    cached: bool = False
-
-    @property
-    def passed(self) -> bool:
-        return self.verdict in ("chosen", "passed")
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "type": self.quant_type,
-            "size_bytes": self.size_bytes,
-            "bits_per_weight": self.bits_per_weight,
-            "verdict": self.verdict,
-            "cached": self.cached,
-            "figures": dict(self.figures) if self.figures is not None else None,
-        }
 
 
 @dataclass(frozen=True)
@@ -167,92 +145,6 @@ class Ladder:
 QuantizeOne = Callable[[str], "QuantOutput"]
 
 
-@dataclass(frozen=True)
-class _Context:
-    """What every rung is measured with."""
-
-    merged_dir: Path
-    base_dir: Path
-    bounds: Bounds
-    ids: tuple[tuple[int, ...], ...]
-
-
-def _context(config: QuantizeConfig) -> _Context:
-    from persona_export.hf.base_model import resolve_base_model
-    from persona_export.personas import find_persona
-    from persona_export.stages.verify import recorded_base_model
-    from persona_export.verify.data import load_bounds, verify_conversations
-    from persona_export.verify.memory import merged_dtype
-    from persona_export.verify.prompts import build_prompts
-
-    persona, layout = config.persona, config.layout
-    merged_dir = layout.merged(persona)
-    if not (merged_dir / "config.json").is_file():
-        raise InputNotFoundError(
-            f"--type auto measures each type against the F16 with the merged model's "
-            f"tokenizer, and there is no merged model for {persona} at {merged_dir}",
-            f"merge first: persona-export merge --persona {persona}",
-        )
-    base_dir = resolve_base_model(recorded_base_model(merged_dir, config.base_model))
-    conversations = verify_conversations(persona, config.prompts_file, config.personas_file)
-    system = find_persona(persona, user_file=config.personas_file).system
-    prompts, _ = build_prompts(merged_dir, system, conversations)
-    bounds = load_bounds(
-        merged_dtype=merged_dtype(merged_dir),
-        kl_max=config.kl_max,
-        retention_min=config.retention_min,
-    )
-    return _Context(merged_dir, base_dir, bounds, tuple(p.ids for p in prompts))
-
-
-def _record_artifact(
-    config: QuantizeConfig, source: Path, ctx: _Context, ladder: Sequence[str], imatrix: Path | None
-) -> Artifact:
-    inputs = {"source": source}
-    for path in sorted(ctx.base_dir.iterdir()):
-        if path.is_file() and not path.name.endswith((".md", ".manifest.json")):
-            inputs[f"base/{path.name}"] = path
-    if imatrix is not None:
-        inputs["imatrix"] = imatrix
-    record = config.layout.quant_auto_record(config.persona)
-    return Artifact(
-        stage=STAGE,
-        path=record,
-        manifest_file=record,
-        options={
-            "format": RECORD_FORMAT,
-            "ladder": list(ladder),
-            "bounds": ctx.bounds.for_types(ladder),
-            "prompts_sha256": _ids_hash(ctx.ids),
-            "hf_dtype": config.hf_dtype,
-            "llama_cpp_commit": vendor.commit(),
-        },
-        inputs=inputs,
-    )
-
-
-def _ids_hash(ids: Sequence[Sequence[int]]) -> str:
-    return sha256_bytes(json.dumps([list(p) for p in ids]).encode("ascii"))
-
-
-def _measure_key(hashed: Mapping[str, Any], ctx: _Context, config: QuantizeConfig) -> str:
-    """What a type's figures depend on besides the type and the matrix."""
-    key = {
-        "inputs": {k: v.sha256 for k, v in sorted(hashed.items()) if k != "imatrix"},
-        "prompts": _ids_hash(ctx.ids),
-        "answer_tokens": ctx.bounds.answer_tokens,
-        "prefix_tokens": ctx.bounds.prefix_tokens,
-        "hf_dtype": config.hf_dtype,
-        "llama_cpp_commit": vendor.commit(),
-    }
-    return sha256_bytes(json.dumps(key, sort_keys=True).encode("utf-8"))
-
-
-def _entry_key(quant_type: str, hashed: Mapping[str, Any]) -> str:
-    imatrix = hashed.get("imatrix")
-    return f"{quant_type}@imatrix:{imatrix.sha256[:16]}" if imatrix is not None else quant_type
-
-
 def _remove_candidate(output: QuantOutput) -> Path:
     """Delete a candidate GGUF this run made, with its manifest and log."""
     path = output.gguf_path
@@ -289,8 +181,8 @@ def climb(
     returned with ``chosen`` None."""
     from persona_export.stages.base import Status
 
-    ctx = _context(config)
-    artifact = _record_artifact(config, source, ctx, ladder, imatrix)
+    ctx = measure_context(config)
+    artifact = record_artifact(config, source, ctx, ladder, imatrix)
     previous = artifact.recorded() or {}
     chosen_before = previous.get("chosen")
     if isinstance(chosen_before, str) and artifact.fresh(force=config.force):
@@ -299,7 +191,7 @@ def climb(
             return _from_record(previous, output)
     artifact.check_writable()
     hashed = artifact.hash_inputs().result()
-    key = _measure_key(hashed, ctx, config)
+    key = measure_key(hashed, ctx, config)
     measured = previous.get("measured") if not config.force else None
     cache: dict[str, Any] = {
         k: v
@@ -335,7 +227,7 @@ class _Climb:
     def __init__(
         self,
         config: QuantizeConfig,
-        ctx: _Context,
+        ctx: Context,
         source: Path,
         hashed: Mapping[str, Any],
         key: str,
@@ -402,14 +294,14 @@ class _Climb:
         if self.chosen is not None:
             self.rungs.append(Rung(quant_type, None, None, None, "not needed"))
             return
-        entry_key = _entry_key(quant_type, self.hashed)
-        entry = self.cache.get(entry_key)
+        key = entry_key(quant_type, self.hashed)
+        entry = self.cache.get(key)
         cached = entry is not None
         output = None
         if entry is None:
             output = self._quantize(quant_type)
             entry = self._measure(quant_type, output, scratch)
-            self.cache[entry_key] = entry
+            self.cache[key] = entry
         verdict = judge_quant(quant_type, entry["figures"], self.ctx.bounds)
         if verdict.passed:
             self.chosen = output if output is not None else self._quantize(quant_type)
@@ -438,10 +330,4 @@ class _Climb:
         return [o for o in self.made if o is not self.chosen]
 
     def reason(self) -> str:
-        """Why this type: the smallest that passed, and what the smaller ones failed."""
-        failed = [r for r in self.rungs if r.verdict.startswith("failed")]
-        smaller = "; ".join(f"{r.quant_type} {r.verdict.removeprefix('failed: ')}" for r in failed)
-        if self.chosen is None:
-            return f"no type of the ladder passed ({smaller})"
-        text = f"{self.chosen.quant_type} is the smallest type of the ladder that passes"
-        return text + (f" ({smaller})" if smaller else " (the first one tried)")
+        return ladder_reason(self.rungs, self.chosen.quant_type if self.chosen else None)
