@@ -137,7 +137,7 @@ def test_judge_quant_on_kl_and_retention() -> None:
 def test_retention_bounds_and_overrides() -> None:
     bounds = load_bounds()
     assert bounds.retention_bound("q4_k_m") == 0.9 == bounds.retention_default
-    assert (bounds.signal_min, bounds.answer_tokens, bounds.prefix_tokens) == (0.02, 128, 16)
+    assert (bounds.signal_min, bounds.answer_tokens, bounds.prefix_tokens) == (0.02, 64, 16)
     assert load_bounds(retention_min={"Q3_K_M": 0.7}).retention_bound("Q3_K_M") == 0.7
     assert load_bounds().for_types(["q8_0"])["retention_min"] == {"Q8_0": 0.9}
     assert parse_retention_overrides(["q3_k_m=0.75"]) == {"Q3_K_M": 0.75}
@@ -264,3 +264,22 @@ def test_second_demo_persona_data() -> None:
         persona = load_personas([DEMO_PERSONAS])[trained.persona]
         assert persona.verify_prompts
         assert not set(persona.verify_prompts) & {q for q, _ in trained.pairs}
+
+
+def test_auto_resolves_to_the_recorded_choice(tmp_path: Path) -> None:
+    import json
+
+    from persona_export.errors import InputNotFoundError
+    from persona_export.layout import Layout
+    from persona_export.stages.quantize_auto import resolve_types
+
+    layout = Layout(gguf_base=tmp_path)
+    with pytest.raises(InputNotFoundError) as err:
+        resolve_types(layout, "cap", ["auto"])
+    assert err.value.hint == "run `persona-export quantize --persona cap --type auto` first"
+    layout.gguf_dir("cap").mkdir(parents=True)
+    layout.quant_auto_record("cap").write_text(json.dumps({"chosen": "Q4_K_S"}))
+    with pytest.raises(InputNotFoundError, match="names no existing GGUF"):
+        resolve_types(layout, "cap", ["AUTO"])  # the record, but not the file
+    layout.gguf("cap", "Q4_K_S").write_bytes(b"GGUF")
+    assert resolve_types(layout, "cap", ["auto", "q8_0", "Q4_K_S"]) == ["Q4_K_S", "Q8_0"]

@@ -38,7 +38,7 @@ class Bounds:
     retention_min: Mapping[str, float] = field(default_factory=dict)
     retention_default: float = 0.9
     signal_min: float = 0.02
-    answer_tokens: int = 128
+    answer_tokens: int = 64
     prefix_tokens: int = 16
 
     def kl_bound(self, quant_type: str) -> float:
