@@ -214,7 +214,10 @@ def _verify(config: ExportConfig, persona: str, done: Done) -> Any:
     from persona_export.stages.verify import VerifyConfig
 
     quantized = done.get("quantize")
-    quants = tuple(q.quant_type for q in getattr(quantized, "quants", ())) or config.quants
+    chosen = getattr(quantized, "chosen", None)
+    # --quant auto: the chosen type (candidates kept with --keep-candidates failed the gates)
+    made = (chosen,) if chosen else tuple(q.quant_type for q in getattr(quantized, "quants", ()))
+    quants = made or config.quants
     return VerifyConfig(
         persona,
         layout=config.layout,
