@@ -13,6 +13,8 @@ STAMP       := $(VENV)/.persona-export-setup
 
 persona     ?=
 QUANT       ?= Q4_K_M
+# an importance matrix: a file from llama-imatrix, or auto (made from the persona)
+IMATRIX     ?=
 OUTTYPE     ?= F16
 BASE_MODEL  ?= microsoft/Phi-4-mini-instruct
 ADAPTER_DIR ?= trained_adapters
@@ -31,12 +33,15 @@ BENCH_ARGS  ?=
 ADAPTER   := $(ADAPTER_DIR)/$(persona)_final_adapter
 MERGED    := $(MERGED_DIR)/$(persona)/persona_export_manifest.json
 F16_GGUF  := $(GGUF_DIR)/$(persona)/$(persona)-$(OUTTYPE).gguf
-QUANT_GGUF:= $(GGUF_DIR)/$(persona)/$(persona)-$(QUANT).gguf
+# QUANT=auto: the quantize stage chooses the type; its record is the target (the stage is a
+# no-op when nothing changed, so it runs every time and decides for itself)
+QUANT_AUTO:= $(filter auto AUTO,$(QUANT))
+QUANT_GGUF:= $(if $(QUANT_AUTO),$(GGUF_DIR)/$(persona)/quant-auto.json,$(GGUF_DIR)/$(persona)/$(persona)-$(QUANT).gguf)
 MODELFILE := $(GGUF_DIR)/$(persona)/Modelfile
 DIRS      := --adapter-dir $(ADAPTER_DIR) --output-dir-base $(MERGED_DIR) --gguf-dir $(GGUF_DIR)
 
 .PHONY: help setup vendor test test-fast fuzz lint format demo bench bench-merge bench-gguf \
-        bench-chain bench-export bench-verify \
+        bench-chain bench-export bench-verify bench-fidelity FORCE \
         merge gguf quantize modelfile ollama verify export status doctor clean-build need-persona
 
 help:
@@ -51,6 +56,8 @@ help:
 	@echo "make bench-merge|bench-gguf|bench-chain|bench-export|bench-verify"
 	@echo "                                 benchmarks on a full-size synthetic Phi-4-mini (make bench: all;"
 	@echo "                                 BENCH_ARGS=\"--size small\" for bench-export/bench-verify)"
+	@echo "make bench-fidelity              KL and persona retention per type and matrix, two demo personas"
+	@echo "make persona=NAME QUANT=auto ollama   the smallest type that keeps the persona (IMATRIX=auto)"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -101,8 +108,8 @@ $(MERGED): $(wildcard $(ADAPTER)/*) | $(STAMP)
 $(F16_GGUF): $(MERGED) | setup
 	$(PE) gguf --persona $(persona) --outtype $(shell echo $(OUTTYPE) | tr A-Z a-z) $(DIRS)
 
-$(QUANT_GGUF): $(F16_GGUF)
-	$(PE) quantize --persona $(persona) --type $(QUANT) --source $(OUTTYPE) $(DIRS)
+$(QUANT_GGUF): $(F16_GGUF) $(if $(QUANT_AUTO),FORCE)
+	$(PE) quantize --persona $(persona) --type $(QUANT) --source $(OUTTYPE) $(DIRS) $(if $(IMATRIX),--imatrix $(IMATRIX)) $(if $(PERSONAS),--personas $(PERSONAS))
 
 $(MODELFILE): $(QUANT_GGUF) $(wildcard templates/*) $(wildcard templates/*/*) $(wildcard personas.toml) $(PERSONAS)
 	$(PE) modelfile --persona $(persona) --quant $(QUANT) $(DIRS) $(if $(PERSONAS),--personas $(PERSONAS))
@@ -116,10 +123,10 @@ ollama: need-persona $(MODELFILE)
 	$(PE) ollama --persona $(persona) $(DIRS) $(OLLAMA_ARGS)
 
 verify: need-persona $(MODELFILE)
-	$(PE) verify --persona $(persona) --quant $(QUANT) --base-model-id $(BASE_MODEL) $(DIRS)
+	$(PE) verify --persona $(persona) --quant $(QUANT) --base-model-id $(BASE_MODEL) $(DIRS) $(if $(PERSONAS),--personas $(PERSONAS))
 
 export: need-persona setup
-	$(PE) export --persona $(persona) --base-model-id $(BASE_MODEL) --quant $(QUANT) $(DIRS) $(if $(PERSONAS),--personas $(PERSONAS)) $(EXPORT_ARGS)
+	$(PE) export --persona $(persona) --base-model-id $(BASE_MODEL) --quant $(QUANT) $(DIRS) $(if $(IMATRIX),--imatrix $(IMATRIX)) $(if $(PERSONAS),--personas $(PERSONAS)) $(EXPORT_ARGS)
 
 # every persona of the project (and of the demo, once `make demo` made demo_work/): what is
 # exported, what is stale and why, verify's verdict, whether Ollama has the model
@@ -148,5 +155,12 @@ bench-export: setup
 
 bench-verify: setup
 	$(PY) bench/bench_verify.py $(BENCH_ARGS)
+
+# the demo model (SmolLM2-135M), two trained personas: affordable, but it trains, quantizes
+# and measures 24 GGUFs (see the README for its wall time)
+bench-fidelity: setup
+	$(PY) bench/bench_fidelity.py
+
+FORCE:
 
 bench: bench-merge bench-gguf bench-chain bench-export bench-verify

@@ -7,6 +7,8 @@ gguf_models/<persona>/<persona>-Q4_K_M.gguf    quantize output (+ .manifest.json
 gguf_models/<persona>/Modelfile                modelfile output (FROM ./<persona>-Q4_K_M.gguf)
 gguf_models/<persona>/verify.json              verify report
 gguf_models/<persona>/verify.llama-server.log  verify's llama-server log
+gguf_models/<persona>/quant-auto.json          quantize --type auto: the ladder, its figures
+gguf_models/<persona>/imatrix/                 importance matrices (+ calibration text)
 """
 
 from __future__ import annotations
@@ -93,6 +95,14 @@ class Layout:
     def verify_server_log(self, persona: str) -> Path:
         """The log of the llama-server verify runs, kept beside the report."""
         return self.gguf_dir(persona) / "verify.llama-server.log"
+
+    def quant_auto_record(self, persona: str) -> Path:
+        """What ``quantize --type auto`` measured and chose (a report and a cache)."""
+        return self.gguf_dir(persona) / "quant-auto.json"
+
+    def imatrix_dir(self, persona: str) -> Path:
+        """Importance matrices and their calibration text (named by content hash)."""
+        return self.gguf_dir(persona) / "imatrix"
 
     def lock_file(self, persona: str) -> Path:
         """The lock every stage writing ``persona`` holds (artifacts/lock.py)."""

@@ -8,8 +8,10 @@ replaces an earlier one entirely):
 3. the file given with ``--personas FILE`` (it must exist).
 
 Each persona is a table ``[personas.<name>]`` with ``system`` (the SYSTEM prompt),
-``display_name``, ``ollama_name`` (``name[:tag]``) and a ``[personas.<name>.parameters]``
-table of Ollama parameters (temperature, top_p, num_ctx, ...), all optional.
+``display_name``, ``ollama_name`` (``name[:tag]``), ``verify_prompts`` (questions that bring
+out the persona: verify and ``quantize --type auto`` ask them in addition to
+templates/verify_prompts.toml) and a ``[personas.<name>.parameters]`` table of Ollama
+parameters (temperature, top_p, num_ctx, ...), all optional.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from persona_export.ollama.rules import check_model_name, check_parameters, defa
 from persona_export.resources import templates_dir
 
 USER_FILE_NAME = "personas.toml"
-_FIELDS = {"system", "display_name", "ollama_name", "parameters"}
+_FIELDS = {"system", "display_name", "ollama_name", "parameters", "verify_prompts"}
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class Persona:
     stops: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     defined_in: Path | None = None
+    verify_prompts: tuple[str, ...] = ()
 
 
 def persona_files(user_file: Path | None, cwd: Path | None = None) -> list[Path]:
@@ -133,6 +136,12 @@ def _parse_persona(name: str, table: Any, path: Path) -> Persona:
     if not isinstance(params, dict):
         raise UsageError(f"{where}: 'parameters' must be a table")
     checked, stops, warnings = check_parameters(params, where=f"{where}.parameters")
+    prompts = table.get("verify_prompts", [])
+    if not isinstance(prompts, list) or not all(isinstance(p, str) and p.strip() for p in prompts):
+        raise UsageError(
+            f"{where}: 'verify_prompts' must be a list of non-empty strings (questions)",
+            'e.g. verify_prompts = ["What is a variable?", "Tell me about yourself."]',
+        )
     return Persona(
         name=name,
         display_name=display_name,
@@ -142,6 +151,7 @@ def _parse_persona(name: str, table: Any, path: Path) -> Persona:
         stops=tuple(stops),
         warnings=tuple(warnings),
         defined_in=path,
+        verify_prompts=tuple(prompts),
     )
 
 

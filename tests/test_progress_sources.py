@@ -64,11 +64,13 @@ def test_verify_steps_count_each_engine_once() -> None:
 
     bar = Recorder()
     steps = Steps(bar)
-    for note in ("merged model", "PEFT", "F16", "Q4_K_M", "Go", "llama-server", "answer 1"):
+    notes = ("merged model", "PEFT", "base", "F16", "F16 answers", "Q4_K_M", "Go")
+    for note in (*notes, "llama-server", "answer 1"):
         steps.next(note)
-    assert step_count(quants=1, prompts=1) == 7
+    assert step_count(quants=1, prompts=1) == 9
+    assert step_count(quants=0, prompts=1) == 6  # no base model, no F16 answers
     # the first step starts at 0; each next one counts the one before as done
-    assert [c.get("advance", 0) for c in bar.calls] == [0, 1, 1, 1, 1, 1, 1]
+    assert [c.get("advance", 0) for c in bar.calls] == [0, 1, 1, 1, 1, 1, 1, 1, 1]
     assert bar.calls[-1]["note"] == "answer 1"
     steps.finish()  # the checks are over: the last step counts too
-    assert sum(c.get("advance", 0) for c in bar.calls) == 7
+    assert sum(c.get("advance", 0) for c in bar.calls) == 9

@@ -83,7 +83,8 @@ QuantTypes = Annotated[
         "--quant",
         "-q",
         help=f"Quantization type, repeatable (default {DEFAULT_QUANT}); the Modelfile uses the "
-        "first.",
+        "first. auto: the smallest type of --ladder that keeps the persona (verify's KL and "
+        "retention bounds).",
     ),
 ]
 PersonasFile = Annotated[
@@ -120,6 +121,58 @@ KlMax = Annotated[
         "(defaults per type: templates/verify_bounds.toml).",
     ),
 ]
+RetentionMin = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--retention-min",
+        metavar="TYPE=VALUE",
+        help="Least persona retention F16 -> TYPE (1: the adapter's effect kept whole, 0: the "
+        "base model), repeatable, e.g. Q4_K_M=0.8 (default 0.9: templates/verify_bounds.toml).",
+    ),
+]
+Ladder = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--ladder",
+        metavar="TYPE,TYPE,...",
+        help="With auto: the types to try, smallest first (default: templates/quant_ladder.toml"
+        ": Q3_K_M, Q4_K_S, Q4_K_M, Q5_K_M, Q6_K, Q8_0).",
+    ),
+]
+KeepCandidates = Annotated[
+    bool,
+    typer.Option(
+        "--keep-candidates",
+        help="With auto: keep the GGUFs of the types tried and not chosen (default: removed).",
+    ),
+]
+Imatrix = Annotated[
+    str | None,
+    typer.Option(
+        "--imatrix",
+        metavar="FILE|auto",
+        help="Importance matrix: a file from llama-imatrix, or auto to make one from the "
+        "persona (its SYSTEM prompt and the F16's answers to templates/calibration_prompts.toml"
+        "). Needed by IQ1/IQ2/IQ3_XXS and Q2_K_S.",
+    ),
+]
+Calibration = Annotated[
+    Path | None,
+    typer.Option(
+        "--calibration",
+        help="Make the importance matrix from this text (e.g. the persona's training data) "
+        "instead of the persona's own answers; implies --imatrix auto.",
+    ),
+]
+HfDtype = Annotated[
+    str,
+    typer.Option(
+        "--hf-dtype",
+        help="Type the Hugging Face models (PEFT, merged, base) run in, one layer at a time: "
+        "float32 (exact) or bfloat16 (half the memory for a layer and the logits, looser "
+        "figures).",
+    ),
+]
 PromptsFile = Annotated[
     Path | None,
     typer.Option(
@@ -140,6 +193,15 @@ Threads = Annotated[
     int | None,
     typer.Option("--threads", help="Threads for llama.cpp (default: every core)."),
 ]
+
+
+def imatrix_option(value: str | None) -> tuple[Path | None, bool]:
+    """``--imatrix``: (the file, False), or (None, True) for ``auto``, or (None, False)."""
+    if value is None:
+        return None, False
+    if value.strip().lower() == "auto":
+        return None, True
+    return Path(value), False
 
 
 def layout(adapter_dir: Path, merged_dir: Path, gguf_dir: Path = GGUF_DIR) -> Layout:

@@ -16,9 +16,13 @@ from persona_export.cli._options import (
     QUANT,
     AdapterDir,
     BaseModel,
+    Calibration,
     Force,
     GgufDir,
+    Imatrix,
+    KeepCandidates,
     KlMax,
+    Ladder,
     MaxTokens,
     MergedDir,
     ModelName,
@@ -27,7 +31,9 @@ from persona_export.cli._options import (
     PersonasFile,
     PromptsFile,
     QuantTypes,
+    RetentionMin,
     Template,
+    imatrix_option,
     layout,
     upper,
 )
@@ -76,6 +82,11 @@ def summary_lines(export: PersonaExport) -> list[str]:
             lines += table.under(entry)
         for message in stage.warnings:  # shown as they happened too, long scrolled away
             lines += table.row(("", "", "", f"warning: {message}"))
+    quantized = export.stage("quantize")
+    if getattr(quantized, "ladder", ()):
+        from persona_export.cli.quantize import ladder_lines
+
+        lines += ["  " + line for line in ladder_lines(quantized.ladder)]  # type: ignore[union-attr]
     if export.verify is not None:
         lines += check_lines(export.verify.checks, indent="  ")
     disk = (
@@ -119,6 +130,11 @@ def export(
     no_verify: NoVerify = False,
     max_tokens: MaxTokens = DEFAULT_MAX_TOKENS,
     kl_max: KlMax = None,
+    retention_min: RetentionMin = None,
+    ladder: Ladder = None,
+    keep_candidates: KeepCandidates = False,
+    imatrix: Imatrix = None,
+    calibration: Calibration = None,
     prompts: PromptsFile = None,
     require_ollama: Annotated[
         bool,
@@ -142,11 +158,13 @@ def export(
 ) -> None:
     """Run merge, gguf, quantize, modelfile, verify, card and ollama for a persona (or --all).
 
-    Each stage is skipped when its output is up to date (a re-run with nothing changed takes seconds); verify runs before the model is registered, so a failing export never reaches Ollama. Prints a summary per persona: each stage's status, time and files, and the verify table. Exits 1 when any persona failed.
+    Each stage is skipped when its output is up to date (a re-run with nothing changed takes seconds); --quant auto lets quantize choose the smallest type that keeps the persona; verify runs before the model is registered, so a failing export never reaches Ollama. Prints a summary per persona: each stage's status, time and files, and the verify table. Exits 1 when any persona failed.
     """
     from persona_export.errors import PersonaExportError, UsageError, VerificationError
+    from persona_export.stages.base import Status
     from persona_export.stages.export import ExportConfig, run
-    from persona_export.verify.data import parse_kl_overrides
+    from persona_export.verify.data import parse_kl_overrides, parse_retention_overrides
+    from persona_export.verify.ladder import parse_ladder
 
     if (persona is None) == (not all_personas):
         raise UsageError(
@@ -154,6 +172,7 @@ def export(
             "e.g. persona-export export --persona captain_codebeard",
         )
     project = layout(adapter_dir, output_dir_base, gguf_dir)
+    imatrix_file, imatrix_auto = imatrix_option(imatrix)
     personas = (persona,) if persona else tuple(project.personas_with_adapters())
     config = ExportConfig(
         personas=personas,
@@ -167,6 +186,12 @@ def export(
         verify=not no_verify,
         verify_max_tokens=max_tokens,
         verify_kl_max=parse_kl_overrides(kl_max or []),
+        verify_retention_min=parse_retention_overrides(retention_min or []),
+        ladder=parse_ladder(ladder or []),
+        keep_candidates=keep_candidates,
+        imatrix=imatrix_file,
+        imatrix_auto=imatrix_auto,
+        calibration=calibration,
         verify_prompts_file=prompts,
         require_ollama=require_ollama,
         force=force,
@@ -185,6 +210,13 @@ def export(
         (done,) = result.exports
         if done.error is not None:
             raise done.error
+        failed = next(s for s in done.stages if s.status is Status.FAILED)
+        if failed.stage != "verify":  # quantize --quant auto: no type passed
+            raise VerificationError(
+                f"{done.persona}: {failed.stage} failed ({failed.detail}); the model was not "
+                "registered with Ollama",
+                "see the summary above",
+            )
         raise VerificationError(
             f"{done.persona}: verify failed; the model was not registered with Ollama",
             f"see the table above and {done.verify.report if done.verify else 'verify.json'}",

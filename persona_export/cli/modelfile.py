@@ -34,7 +34,7 @@ Quant = Annotated[
         "--quant",
         "-q",
         help="Which quantized GGUF the Modelfile's FROM names: gguf_models/<persona>/"
-        "<persona>-<QUANT>.gguf (it must exist).",
+        "<persona>-<QUANT>.gguf (it must exist); auto: the type `quantize --type auto` chose.",
     ),
 ]
 

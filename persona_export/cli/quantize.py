@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -14,21 +14,64 @@ from persona_export.cli._options import (
     MERGED_DIR,
     QUANT,
     AdapterDir,
+    Calibration,
     Force,
     GgufDir,
+    HfDtype,
+    Imatrix,
+    KeepCandidates,
+    KlMax,
+    Ladder,
     MergedDir,
     Persona,
+    PersonasFile,
+    PromptsFile,
+    RetentionMin,
     Threads,
+    imatrix_option,
     layout,
     upper,
 )
 from persona_export.cli._output import record
+from persona_export.cli._table import Table
 from persona_export.cli.gguf import size_line
+from persona_export.units import human_size
+
+if TYPE_CHECKING:
+    from persona_export.verify.ladder import Rung
 
 EPILOG = (
     "Example: persona-export quantize --persona captain_codebeard --type Q4_K_M "
-    "--type Q8_0   (or: make persona=NAME quantize)"
+    "--type Q8_0   (or: make persona=NAME quantize; the smallest type that keeps the persona: "
+    "--type auto)"
 )
+
+
+def _cell(value: object, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def ladder_lines(rungs: Sequence[Rung]) -> list[str]:
+    """The ladder of ``--type auto`` as a table: type, size, bits/weight, KL, retention,
+    answers identical, verdict (a type not measured has dashes)."""
+    header = ("type", "size", "bits/w", "KL", "retention", "answers", "verdict")
+    rows = [header]
+    for rung in rungs:
+        figures = rung.figures or {}
+        answers = figures.get("answers") or {}
+        rows.append(
+            (
+                rung.quant_type,
+                human_size(rung.size_bytes, missing="-"),
+                _cell(rung.bits_per_weight, ".2f"),
+                _cell(figures.get("kl_mean"), ".4f"),
+                _cell(figures.get("retention"), ".3f"),
+                f"{answers['identical']}/{answers['answers']}" if answers else "-",
+                rung.verdict + (" (cached)" if rung.cached and rung.figures else ""),
+            )
+        )
+    table = Table(rows, indent="")
+    return [line for row in rows for line in table.row(row)]
 
 
 def quantize(
@@ -39,7 +82,8 @@ def quantize(
             "--type",
             "-t",
             help=f"Quantization type, repeatable (default {QUANT}). Any type llama-quantize "
-            "lists, e.g. Q4_K_M, Q5_K_M, Q6_K, Q8_0, IQ4_XS.",
+            "lists, e.g. Q4_K_M, Q5_K_M, Q6_K, Q8_0, IQ4_XS; or auto: the smallest type of "
+            "--ladder that passes verify's KL and persona-retention bounds.",
         ),
     ] = None,
     source: Annotated[
@@ -49,14 +93,24 @@ def quantize(
             help="Which GGUF to quantize from: F16, BF16 or F32 (default: the first that exists).",
         ),
     ] = None,
-    imatrix: Annotated[
-        Path | None,
+    imatrix: Imatrix = None,
+    calibration: Calibration = None,
+    ladder: Ladder = None,
+    keep_candidates: KeepCandidates = False,
+    base_model_id: Annotated[
+        str | None,
         typer.Option(
-            "--imatrix",
-            help="Importance matrix file (from llama-imatrix); required for IQ1/IQ2/IQ3_XXS "
-            "and Q2_K_S.",
+            "--base-model-id",
+            "--base_model_id",
+            help="With auto: the base model retention is measured against (default: the one "
+            "the merge recorded).",
         ),
     ] = None,
+    personas_file: PersonasFile = None,
+    prompts: PromptsFile = None,
+    kl_max: KlMax = None,
+    retention_min: RetentionMin = None,
+    hf_dtype: HfDtype = "float32",
     threads: Threads = None,
     gguf_dir: GgufDir = GGUF_DIR,
     merged_dir: MergedDir = MERGED_DIR,
@@ -65,22 +119,48 @@ def quantize(
 ) -> None:
     """Quantize gguf_models/<persona>/<persona>-F16.gguf to <persona>-<TYPE>.gguf.
 
-    Runs the vendored llama-quantize once per type, checks each result and writes a manifest beside it. Prints one line per type: type, size, bits per weight and path.
+    Runs the vendored llama-quantize once per type, checks each result and writes a manifest beside it. Prints one line per type: type, size, bits per weight and path. With --type auto, tries the ladder from the smallest type, measures each against the F16 as verify does (KL, persona retention, greedy answers), keeps the smallest that passes, prints the ladder and says why; exits 1 when no type passes.
     """
+    from persona_export.errors import VerificationError
     from persona_export.stages.base import Status
     from persona_export.stages.quantize import QuantizeConfig, run
+    from persona_export.verify.data import parse_kl_overrides, parse_retention_overrides
+    from persona_export.verify.ladder import parse_ladder
 
+    imatrix_file, imatrix_auto = imatrix_option(imatrix)
     config = QuantizeConfig(
         persona,
         layout=layout(adapter_dir, merged_dir, gguf_dir),
         quant_types=upper(quant_types, (QUANT,)),
         source=source,
-        imatrix=imatrix,
+        imatrix=imatrix_file,
+        imatrix_auto=imatrix_auto,
+        calibration=calibration,
+        ladder=parse_ladder(ladder or []),
+        keep_candidates=keep_candidates,
+        base_model=base_model_id,
+        personas_file=personas_file,
+        prompts_file=prompts,
+        kl_max=parse_kl_overrides(kl_max or []),
+        retention_min=parse_retention_overrides(retention_min or []),
+        hf_dtype=hf_dtype,
         threads=threads,
         force=force,
     )
     result = run(config)
     record(result=result.to_json())
+    if config.auto:
+        for line in ladder_lines(result.ladder):
+            console.out(line)
+        if result.chosen is None:
+            raise VerificationError(
+                f"{persona}: {result.reason}",
+                "add a larger type to --ladder (e.g. Q8_0), or loosen --retention-min / "
+                "--kl-max if the figures above are acceptable",
+            )
+        console.out(f"chosen: {result.reason}")
+    if result.imatrix is not None:
+        console.info(f"importance matrix: {result.imatrix}")
     for output in result.quants:
         if output.status is Status.UP_TO_DATE:
             console.info(f"{output.gguf_path} is up to date (use --force to quantize again)")

@@ -15,11 +15,14 @@ from persona_export.cli._options import (
     AdapterDir,
     Force,
     GgufDir,
+    HfDtype,
     KlMax,
     MaxTokens,
     MergedDir,
     Persona,
+    PersonasFile,
     PromptsFile,
+    RetentionMin,
     Threads,
     layout,
 )
@@ -37,7 +40,7 @@ VerifyQuants = Annotated[
         "--quant",
         "-q",
         help="Quantized GGUF to compare with the F16 one, repeatable (default: every "
-        "<persona>-<TYPE>.gguf there is).",
+        "<persona>-<TYPE>.gguf there is); auto: the type `quantize --type auto` chose.",
     ),
 ]
 
@@ -88,17 +91,12 @@ def verify(
         ),
     ] = None,
     kl_max: KlMax = None,
+    retention_min: RetentionMin = None,
     prompts: PromptsFile = None,
+    personas_file: PersonasFile = None,
     max_tokens: MaxTokens = DEFAULT_MAX_TOKENS,
     threads: Threads = None,
-    hf_dtype: Annotated[
-        str,
-        typer.Option(
-            "--hf-dtype",
-            help="Type the PEFT and merged models run in, one layer at a time: float32 "
-            "(exact) or bfloat16 (half the memory for a layer and the logits, looser figures).",
-        ),
-    ] = "float32",
+    hf_dtype: HfDtype = "float32",
     adapter_dir: AdapterDir = ADAPTER_DIR,
     output_dir_base: MergedDir = MERGED_DIR,
     gguf_dir: GgufDir = GGUF_DIR,
@@ -106,11 +104,11 @@ def verify(
 ) -> None:
     """Check that the export behaves like base + adapter; write gguf_models/<persona>/verify.json.
 
-    Compares next-token logits on fixed prompts in the persona's chat format: PEFT (unmerged) vs the merged model, the merged model vs the F16 GGUF in llama.cpp (NMSE, top-1), the F16 GGUF vs each quantized one (KL, top-1). Checks that the Modelfile's TEMPLATE (Go, as Ollama renders it) and the GGUF's template (llama-server) render like the HF chat template, that llama.cpp tokenizes the prompt into the same ids, and that greedy answers end on a stop. Prints a table; exits 1 when a check fails. Checks that cannot run here (no Go) are reported as skipped.
+    Compares next-token logits on fixed prompts (and the persona's own verify_prompts) in the persona's chat format: PEFT (unmerged) vs the merged model, the merged model vs the F16 GGUF in llama.cpp (NMSE, top-1), the F16 GGUF vs each quantized one (KL, persona retention against the base without the adapter, top-1, greedy answers identical). Checks that the Modelfile's TEMPLATE (Go, as Ollama renders it) and the GGUF's template (llama-server) render like the HF chat template, that llama.cpp tokenizes the prompt into the same ids, and that greedy answers end on a stop. Prints a table; exits 1 when a check fails. Checks that cannot run here (no Go) are reported as skipped.
     """
     from persona_export.errors import VerificationError
     from persona_export.stages.verify import VerifyConfig, run
-    from persona_export.verify.data import parse_kl_overrides
+    from persona_export.verify.data import parse_kl_overrides, parse_retention_overrides
 
     config = VerifyConfig(
         persona,
@@ -123,6 +121,8 @@ def verify(
         nmse_max=nmse_max,
         top1_min=top1_min,
         kl_max=parse_kl_overrides(kl_max or []),
+        retention_min=parse_retention_overrides(retention_min or []),
+        personas_file=personas_file,
         max_tokens=max_tokens,
         threads=threads,
         hf_dtype=hf_dtype,

@@ -33,6 +33,8 @@ STAGE = "demo-train"
 TRAIN_FORMAT = 1
 DATA_DIR = Path(__file__).resolve().parent / "data"
 DEMO_DATA = DATA_DIR / "demo_pirate.toml"
+# A second persona with another voice, for the fidelity benchmark (bench/bench_fidelity.py).
+DEMO_BUTLER_DATA = DATA_DIR / "demo_butler.toml"
 DEMO_PERSONAS = DATA_DIR / "personas.toml"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 

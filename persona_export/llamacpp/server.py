@@ -35,6 +35,10 @@ from persona_export.proc import program_log, start, stop, tail
 
 START_TIMEOUT_S = 120.0
 REQUEST_TIMEOUT_S = 120.0  # requests that generate nothing (templates, tokens)
+# A whole answer asked for without streaming (``return_tokens``) before the speed is known:
+# this much on top of REQUEST_TIMEOUT_S per token asked for (a loaded CPU was measured at
+# 2.7 s per token on the 135 M demo model: 0.37 tokens/s with 2 threads on 2 busy cores).
+SECONDS_PER_TOKEN = 4.0
 STOP_TIMEOUT_S = 10.0
 # Before the speed is known: the longest wait for a token (the first one includes reading
 # the prompt), whatever the model; a server that sends nothing for this long is stuck.
@@ -63,6 +67,7 @@ class Completion:
     prompt_per_second: float = 0.0
     predicted_per_second: float = 0.0
     seconds: float = 0.0
+    tokens: tuple[int, ...] = ()  # the generated ids, when asked for (``return_tokens``)
 
 
 @dataclass(frozen=True)
@@ -111,14 +116,18 @@ class LlamaServer:
     request_timeout_s: float = REQUEST_TIMEOUT_S
     pid: int = 0
 
-    def _post(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    def _post(
+        self, path: str, body: Mapping[str, Any], timeout: float | None = None
+    ) -> dict[str, Any]:
         request = urllib.request.Request(
             f"{self.url}{path}",
             data=json.dumps(body).encode("utf-8"),
             headers={"Content-Type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=self.request_timeout_s) as response:
+            with urllib.request.urlopen(
+                request, timeout=timeout or self.request_timeout_s
+            ) as response:
                 data = json.loads(response.read())
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode("utf-8", "replace")[:500]
@@ -157,33 +166,52 @@ class LlamaServer:
 
     def complete(
         self,
-        prompt: str,
+        prompt: str | Sequence[int],
         *,
         stop: Sequence[str],
         n_predict: int,
         seed: int = 0,
         limits: SpeedLimits | None = None,
         prompt_tokens: int = 0,
+        return_tokens: bool = False,
     ) -> Completion:
-        """Greedy completion of ``prompt`` (temperature 0) that ends on an end-of-generation
-        token, one of ``stop``, or after ``n_predict`` tokens, streamed token by token within
-        ``limits`` (see :class:`SpeedLimits`; ``prompt_tokens``: the prompt's length, for
-        them). Raises ExternalToolError naming the server log when a limit is passed."""
+        """Greedy completion of ``prompt`` (text, or token ids taken as they are; temperature
+        0) that ends on an end-of-generation token, one of ``stop``, or after ``n_predict``
+        tokens, streamed token by token within ``limits`` (see :class:`SpeedLimits`;
+        ``prompt_tokens``: the prompt's length, for them). Raises ExternalToolError naming the
+        server log when a limit is passed.
+
+        ``return_tokens``: the completion carries the generated ids too. Those come whole
+        from one answer that is not streamed (a streamed event carries only the token it
+        sends, and llama-server holds back a token that ends inside a UTF-8 character), so
+        only the total limit applies: ``limits``' when measured, else
+        :data:`SECONDS_PER_TOKEN` per token asked for."""
         limits = limits or SpeedLimits()
+        sent: str | list[int] = prompt if isinstance(prompt, str) else [int(i) for i in prompt]
+        if not isinstance(sent, str):
+            prompt_tokens = prompt_tokens or len(sent)
         body = {
-            "prompt": prompt,
+            "prompt": sent,
+            "return_tokens": return_tokens,
             "n_predict": n_predict,
             "temperature": 0.0,
             "top_k": 1,
             "seed": seed,
             "stop": list(stop),
             "cache_prompt": False,
-            "stream": True,
+            "stream": not return_tokens,
         }
         started = time.monotonic()
-        text, data = self._stream(
-            body, limits.stall_s(prompt_tokens), limits.total_s(prompt_tokens, n_predict)
-        )
+        if return_tokens:
+            total = limits.total_s(prompt_tokens, n_predict)
+            if total is None:
+                total = REQUEST_TIMEOUT_S + SECONDS_PER_TOKEN * n_predict
+            data = self._post("/completion", body, timeout=total)
+            text = str(data.get("content", ""))
+        else:
+            text, data = self._stream(
+                body, limits.stall_s(prompt_tokens), limits.total_s(prompt_tokens, n_predict)
+            )
         timings = data.get("timings") or {}
         return Completion(
             text=text,
@@ -194,6 +222,7 @@ class LlamaServer:
             prompt_per_second=float(timings.get("prompt_per_second", 0.0) or 0.0),
             predicted_per_second=float(timings.get("predicted_per_second", 0.0) or 0.0),
             seconds=time.monotonic() - started,
+            tokens=tuple(int(t) for t in data.get("tokens") or ()),
         )
 
     def _stream(
@@ -246,6 +275,25 @@ class LlamaServer:
             "llama-server /completion ended without its last event (the server died?)", hint
         )
 
+    def complete_many(
+        self,
+        prompts: Sequence[str | Sequence[int]],
+        *,
+        stop: Sequence[str],
+        n_predict: int,
+        workers: int = 1,
+    ) -> list[Completion]:
+        """:meth:`complete` for each prompt, ``workers`` requests at a time (a server started
+        with as many ``parallel`` slots batches them), in the prompts' order."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if workers <= 1:
+            return [self.complete(p, stop=stop, n_predict=n_predict) for p in prompts]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(
+                pool.map(lambda p: self.complete(p, stop=stop, n_predict=n_predict), prompts)
+            )
+
 
 def _log_tail(log_path: Path) -> str:
     try:
@@ -265,6 +313,7 @@ def llama_server(
     start_timeout_s: float = START_TIMEOUT_S,
     request_timeout_s: float = REQUEST_TIMEOUT_S,
     chat_template_file: Path | None = None,
+    parallel: int = 1,
 ) -> Iterator[LlamaServer]:
     """Serve ``gguf`` with the vendored llama-server (``--jinja``, ``--special``) on a free
     127.0.0.1 port; yield a :class:`LlamaServer` once ``/health`` answers.
@@ -276,6 +325,8 @@ def llama_server(
     not become healthy within ``start_timeout_s`` (with the tail of its log).
     ``chat_template_file`` replaces the GGUF's own chat template. The log goes to
     ``log_file``, else ``log_dir/llama-server-<port>.log`` (see the module docstring).
+    ``parallel``: slots that decode concurrent requests in one batch, each with
+    ``ctx_size`` tokens of context.
     """
     binary = vendor.tool("llama-server")
     port = free_port()
@@ -290,11 +341,11 @@ def llama_server(
         "--jinja",
         "--special",
         "--ctx-size",
-        str(ctx_size),
+        str(ctx_size * parallel),
         "--threads",
         str(threads or min(4, os.cpu_count() or 1)),
         "--parallel",
-        "1",
+        str(parallel),
         "--no-webui",
         "--no-warmup",
     ]

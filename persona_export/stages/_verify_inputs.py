@@ -106,11 +106,14 @@ def quant_paths(
     layout: Layout, persona: str, source_type: str, quants: tuple[str, ...]
 ) -> dict[str, Path]:
     """The quantized GGUFs to compare with the unquantized one: those asked for (each must
-    exist), else every ``<persona>-<TYPE>.gguf`` there is."""
+    exist; ``auto``: the type ``quantize --type auto`` chose), else every
+    ``<persona>-<TYPE>.gguf`` there is."""
     source = source_type.upper()
     if quants:
+        from persona_export.stages.quantize_auto import resolve_types
+
         paths = {}
-        for quant in dict.fromkeys(q.upper() for q in quants):
+        for quant in resolve_types(layout, persona, quants):
             if quant == source:
                 continue
             path = layout.gguf(persona, quant)

@@ -44,8 +44,11 @@ OS_ERROR_HINT = "check the path, free disk space and permissions"  # the CLI's, 
 class ExportConfig:
     """Which personas to export and how.
 
-    ``quants``: quantization types; the first is the one the Modelfile uses. ``verify``:
-    run the checks (the ``verify_*`` fields are passed to it). ``model_name``: the Ollama
+    ``quants``: quantization types; the first is the one the Modelfile uses; ``("AUTO",)``
+    lets the quantize stage choose (``ladder``, ``keep_candidates``) and the Modelfile and
+    verify take its choice. ``imatrix``/``imatrix_auto``/``calibration``: the importance
+    matrix (see QuantizeConfig). ``verify``: run the checks (the ``verify_*`` fields are
+    passed to it, and the KL and retention bounds to ``--quant auto`` too). ``model_name``: the Ollama
     name (one persona only; default: the persona's ``ollama_name``). ``force``: redo every
     stage even when up to date. ``require_ollama``: fail when Ollama is not there.
     ``keep``: the intermediates to keep (of :data:`KEEPABLE`; see the module docstring).
@@ -63,7 +66,13 @@ class ExportConfig:
     verify: bool = True
     verify_max_tokens: int = DEFAULT_MAX_TOKENS
     verify_kl_max: Mapping[str, float] = field(default_factory=dict)
+    verify_retention_min: Mapping[str, float] = field(default_factory=dict)
     verify_prompts_file: Path | None = None
+    ladder: tuple[str, ...] = ()
+    keep_candidates: bool = False
+    imatrix: Path | None = None
+    imatrix_auto: bool = False
+    calibration: Path | None = None
     require_ollama: bool = False
     force: bool = False
     keep: frozenset[str] = frozenset(KEEPABLE)
@@ -209,14 +218,43 @@ def _quantize(config: ExportConfig, persona: str, done: Done) -> Any:
         layout=config.layout,
         quant_types=config.quants,
         source=_source_type(done),
+        imatrix=config.imatrix,
+        imatrix_auto=config.imatrix_auto,
+        calibration=config.calibration,
+        ladder=config.ladder,
+        keep_candidates=config.keep_candidates,
+        base_model=config.base_model,
+        personas_file=config.personas_file,
+        prompts_file=config.verify_prompts_file,
+        kl_max=dict(config.verify_kl_max),
+        retention_min=dict(config.verify_retention_min),
         force=config.force,
     )
 
 
 def _modelfile_quant(config: ExportConfig, done: Done) -> str:
+    """The quantize stage's first output (with ``--quant auto``: the type it chose)."""
     quantized = done.get("quantize")
     quants = getattr(quantized, "quants", ())
     return quants[0].quant_type if quants else config.quants[0]
+
+
+def _quantize_failed(config: ExportConfig, persona: str, done: Done) -> StageResult | None:
+    """A stage after quantize does not run when quantize failed (``--quant auto`` found no
+    type that keeps the persona): there is no GGUF to describe, verify or register."""
+    quantized = done.get("quantize")
+    if quantized is not None and quantized.status is Status.FAILED:
+        return StageResult("", persona, Status.NOT_RUN, detail="not run: quantize failed")
+    return None
+
+
+def _modelfile_unrun(config: ExportConfig, persona: str, done: Done) -> StageResult | None:
+    skipped = _quantize_failed(config, persona, done)
+    return None if skipped is None else _named(skipped, "modelfile")
+
+
+def _named(result: StageResult, name: str) -> StageResult:
+    return StageResult(name, result.persona, result.status, detail=result.detail)
 
 
 def _modelfile(config: ExportConfig, persona: str, done: Done) -> Any:
@@ -236,7 +274,10 @@ def _verify(config: ExportConfig, persona: str, done: Done) -> Any:
     from persona_export.stages.verify import VerifyConfig
 
     quantized = done.get("quantize")
-    quants = tuple(q.quant_type for q in getattr(quantized, "quants", ())) or config.quants
+    chosen = getattr(quantized, "chosen", None)
+    # --quant auto: the chosen type (candidates kept with --keep-candidates failed the gates)
+    made = (chosen,) if chosen else tuple(q.quant_type for q in getattr(quantized, "quants", ()))
+    quants = made or config.quants
     return VerifyConfig(
         persona,
         layout=config.layout,
@@ -245,12 +286,17 @@ def _verify(config: ExportConfig, persona: str, done: Done) -> Any:
         base_model=config.base_model,
         prompts_file=config.verify_prompts_file,
         kl_max=dict(config.verify_kl_max),
+        retention_min=dict(config.verify_retention_min),
+        personas_file=config.personas_file,
         max_tokens=config.verify_max_tokens,
         force=config.force,
     )
 
 
 def _no_verify(config: ExportConfig, persona: str, done: Done) -> StageResult | None:
+    skipped = _quantize_failed(config, persona, done)
+    if skipped is not None:
+        return _named(skipped, "verify")
     if config.verify:
         return None
     return StageResult("verify", persona, Status.SKIPPED, detail="--no-verify")
@@ -276,11 +322,16 @@ def _ollama(config: ExportConfig, persona: str, done: Done) -> Any:
 
 
 def _verify_failed(config: ExportConfig, persona: str, done: Done) -> StageResult | None:
+    """Nothing is registered after a failed stage: verify failed, or did not run because an
+    earlier stage failed."""
     verified = done.get("verify")
-    if verified is not None and verified.status is Status.FAILED:
-        return StageResult(
-            "ollama", persona, Status.NOT_RUN, detail="not registered: verify failed"
+    if verified is not None and verified.status in (Status.FAILED, Status.NOT_RUN):
+        why = (
+            "verify failed"
+            if verified.status is Status.FAILED
+            else verified.detail.removeprefix("not run: ")
         )
+        return StageResult("ollama", persona, Status.NOT_RUN, detail=f"not registered: {why}")
     return None
 
 
@@ -300,7 +351,7 @@ STEPS: tuple[Step, ...] = (
     Step("merge", _merge, _stage_run("merge")),
     Step("gguf", _gguf, _stage_run("gguf")),
     Step("quantize", _quantize, _stage_run("quantize")),
-    Step("modelfile", _modelfile, _stage_run("modelfile")),
+    Step("modelfile", _modelfile, _stage_run("modelfile"), _modelfile_unrun),
     Step("verify", _verify, _stage_run("verify"), _no_verify),
     Step("card", _card, _stage_run("card")),
     Step("ollama", _ollama, _stage_run("ollama"), _verify_failed),

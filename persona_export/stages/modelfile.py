@@ -115,7 +115,10 @@ def run(config: ModelfileConfig) -> ModelfileResult:
     started = time.monotonic()
     persona, layout = config.persona, config.layout
     with persona_lock(layout.lock_file(persona), on_wait=console.info):
-        quant = config.quant.upper()
+        from persona_export.stages.quantize_auto import resolve_types
+
+        # AUTO: the type `quantize --type auto` chose
+        (quant,) = resolve_types(layout, persona, [config.quant])
         gguf = layout.gguf(persona, quant)
         if not gguf.is_file():
             raise InputNotFoundError(

@@ -5,14 +5,19 @@ into a temporary sibling, reads the result back (architecture, file type, tensor
 vocabulary and chat template as in the source), and renames it into place with its
 manifest. Valid types are the ones llama-quantize's own usage text lists; types whose
 tensors llama.cpp refuses to quantize without an importance matrix are refused up front
-unless ``imatrix`` is given. A requested type equal to the source's (``F16`` from an F16) is
-the source itself: nothing is quantized or overwritten.
+unless an importance matrix is given (a file, or one made from the persona:
+:mod:`persona_export.stages.quantize_imatrix`). A requested type equal to the source's
+(``F16`` from an F16) is the source itself: nothing is quantized or overwritten.
+
+The type ``AUTO`` climbs a ladder of types and keeps the smallest that keeps the persona
+(:mod:`persona_export.stages.quantize_auto`); the result names the chosen type first.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +53,8 @@ from persona_export.llamacpp.quantize import (
 )
 from persona_export.llamacpp.sizes import quantized_bytes
 from persona_export.stages.base import StageConfig, StageResult, Status
+from persona_export.stages.quantize_auto import AUTO, check_options
+from persona_export.verify.ladder import Rung
 
 STAGE = "quantize"
 DEFAULT_TYPE = DEFAULT_QUANT
@@ -58,17 +65,48 @@ SOURCE_TYPES = ("F16", "BF16", "F32")
 @dataclass(frozen=True)
 class QuantizeConfig(StageConfig):
     """Which GGUFs to make for ``persona``: ``quant_types`` from ``source`` (F16, BF16 or
-    F32; ``None``: the first of those that exists)."""
+    F32; ``None``: the first of those that exists).
+
+    Importance matrix: ``imatrix`` (a file), or ``imatrix_auto`` (made from the persona:
+    its system prompt and the F16's answers to templates/calibration_prompts.toml; the
+    first ``calibration_limit`` prompts when set), or one made from the text of
+    ``calibration``.
+
+    ``quant_types == ("AUTO",)``: climb ``ladder`` (empty: templates/quant_ladder.toml),
+    measuring each type as verify does (``base_model``, ``personas_file``,
+    ``prompts_file``, ``kl_max``, ``retention_min``, ``hf_dtype`` as verify's) and keep the
+    smallest that passes; ``keep_candidates`` keeps the other GGUFs it made.
+    """
 
     quant_types: tuple[str, ...] = (DEFAULT_TYPE,)
     source: str | None = None
     imatrix: Path | None = None
+    imatrix_auto: bool = False
+    calibration: Path | None = None
+    calibration_limit: int | None = None
     threads: int | None = None  # llama-quantize's nthreads; None: every core
+    ladder: tuple[str, ...] = ()
+    keep_candidates: bool = False
+    base_model: str | None = None
+    personas_file: Path | None = None
+    prompts_file: Path | None = None
+    kl_max: Mapping[str, float] = field(default_factory=dict)
+    retention_min: Mapping[str, float] = field(default_factory=dict)
+    hf_dtype: str = "float32"
+
+    @property
+    def auto(self) -> bool:
+        return AUTO in (t.upper() for t in self.quant_types)
+
+    @property
+    def makes_imatrix(self) -> bool:
+        return self.imatrix_auto or self.calibration is not None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.quant_types:
             raise UsageError("give at least one quantization type", f"e.g. --type {DEFAULT_TYPE}")
+        check_options(self)
         if self.threads is not None and self.threads < 1:
             raise UsageError(
                 f"--threads must be at least 1, not {self.threads}", "e.g. --threads 4"
@@ -111,6 +149,10 @@ class QuantizeResult(StageResult):
 
     source_path: Path
     quants: tuple[QuantOutput, ...]
+    chosen: str | None = None  # --type auto: the type chosen (None: none passed, or no auto)
+    ladder: tuple[Rung, ...] = ()
+    reason: str = ""
+    imatrix: Path | None = None
 
 
 def run(config: QuantizeConfig) -> QuantizeResult:
@@ -120,33 +162,56 @@ def run(config: QuantizeConfig) -> QuantizeResult:
     ExternalToolError (llama-quantize failed) or VerificationError (a wrong output)."""
     started = time.monotonic()
     persona = config.persona
-    if config.imatrix is not None and not config.imatrix.is_file():
-        raise InputNotFoundError(
-            f"importance matrix {config.imatrix} not found", "give the path of an imatrix file"
-        )
+    for given, what in (
+        (config.imatrix, "importance matrix"),
+        (config.calibration, "calibration text"),
+    ):
+        if given is not None and not given.is_file():
+            raise InputNotFoundError(f"{what} {given} not found", f"give the path of a {what} file")
     with persona_lock(config.layout.lock_file(persona), on_wait=console.info):
         source = _find_source(config.layout, persona, config.source)
         source_type = source.name[len(persona) + 1 : -len(".gguf")]
         known_types = list_quant_types(vendor.tool("llama-quantize"))
-        wanted = canonical_types(config.quant_types, known_types)
-        _require_imatrix(wanted, config.imatrix)
+        if config.auto:
+            from persona_export.verify.ladder import default_ladder
+
+            wanted = canonical_types(config.ladder or default_ladder(), known_types)
+        else:
+            wanted = canonical_types(config.quant_types, known_types)
+        if not config.makes_imatrix:
+            _require_imatrix(wanted, config.imatrix)
         # a source export --keep dropped is known by the record its tombstone keeps
         dropped = None if source.is_file() else dropped_outputs(manifest_path_for(source))
-        inputs = {} if dropped is not None else {"source": source}
-        if config.imatrix is not None:
-            inputs["imatrix"] = config.imatrix
-        job = _Job(config, source, inputs, dropped)
-        outputs = []
+        job = _Job(config, source, {}, dropped, None)
+        imatrix = config.imatrix
+        if config.makes_imatrix or config.auto:
+            job.require_source()  # the matrix and the ladder's measures read the source
+        if config.makes_imatrix:
+            from persona_export.stages.quantize_imatrix import make_imatrix
+
+            imatrix = make_imatrix(config, source)
+        if dropped is None:
+            job.inputs["source"] = source
+        if imatrix is not None:
+            job.inputs["imatrix"] = imatrix
+        job.imatrix = imatrix
+
+        def one(quant_type: str) -> QuantOutput:
+            if quant_type == source_type:
+                return _the_source(job, quant_type)
+            return job.one(known_types[quant_type])
+
         try:
+            if config.auto:
+                from persona_export.stages.quantize_auto import climb
+
+                ladder = climb(config, source, wanted, imatrix, one)
+                return ladder.result(config, source, imatrix, started)
             job.require_space([known_types[t] for t in wanted if t != source_type])
-            for quant_type in wanted:
-                if quant_type == source_type:
-                    outputs.append(_the_source(job, quant_type))
-                else:
-                    outputs.append(job.one(known_types[quant_type]))
+            outputs = [one(quant_type) for quant_type in wanted]
         finally:
             job.close()
-    return _result(config, source, tuple(outputs), started)
+    return _result(config, source, tuple(outputs), started, imatrix)
 
 
 def _require_imatrix(wanted: list[str], imatrix: Path | None) -> None:
@@ -155,8 +220,9 @@ def _require_imatrix(wanted: list[str], imatrix: Path | None) -> None:
         raise UsageError(
             f"{', '.join(needing)} {'needs' if len(needing) == 1 else 'need'} an importance "
             "matrix (--imatrix FILE)",
-            "make one with llama-imatrix on text like the persona's, or pick a type that does "
-            "not need one, e.g. Q4_K_M, Q5_K_M, IQ4_XS or Q8_0",
+            "make one from the persona with --imatrix auto (or from your own text: --imatrix "
+            "auto --calibration FILE), or pick a type that does not need one, e.g. Q4_K_M, "
+            "Q5_K_M, IQ4_XS or Q8_0",
         )
 
 
@@ -169,11 +235,13 @@ class _Job:
         source: Path,
         inputs: dict[str, Path],
         dropped: dict[str, Any] | None,
+        imatrix: Path | None,
     ) -> None:
         self.config = config
         self.source = source
         self.inputs = inputs
         self.dropped = {"source": dropped.get("gguf") or {}} if dropped is not None else {}
+        self.imatrix = imatrix
         self.summary: GgufSummary | None = None
         self.hashing: BackgroundRecords | None = None
         # the gguf stage recorded the source's hash
@@ -194,7 +262,7 @@ class _Job:
                 # threads are left out: they change the speed, not the file
                 "type": quant.name,
                 "ftype": quant.ftype,
-                "imatrix": config.imatrix is not None,
+                "imatrix": self.imatrix is not None,
                 "llama_cpp_commit": vendor.commit(),
             },
             inputs=self.inputs,
@@ -203,7 +271,7 @@ class _Job:
             dropped_inputs=self.dropped,
         )
 
-    def _require_source(self) -> None:
+    def require_source(self) -> None:
         if self.dropped:
             persona = self.config.persona
             raise DroppedInputError(
@@ -220,7 +288,7 @@ class _Job:
         missing = [q for q in quants if not self.artifact(q).fresh(force=self.config.force)]
         if not missing:
             return
-        self._require_source()
+        self.require_source()
         summary = self.source_summary()
         metadata, size = summary.data_offset, self.source.stat().st_size
         needed = sum(
@@ -235,7 +303,7 @@ class _Job:
         )
 
     def source_summary(self) -> GgufSummary:
-        self._require_source()
+        self.require_source()
         if self.summary is None:
             self.summary = read_gguf(self.source)
             _check_source(self.summary, self.source)
@@ -252,7 +320,7 @@ class _Job:
         summary = self.source_summary()
         if self.hashing is None:  # hashed while the first llama-quantize runs
             self.hashing = artifact.hash_inputs()
-        return _quantize_one(config, artifact, quant, summary, self.hashing, started)
+        return _quantize_one(config, artifact, quant, summary, self.hashing, self.imatrix, started)
 
 
 def _quantize_one(
@@ -261,6 +329,7 @@ def _quantize_one(
     quant: QuantType,
     source_summary: GgufSummary,
     hashing: BackgroundRecords,
+    imatrix: Path | None,
     started: float,
 ) -> QuantOutput:
     final = artifact.path
@@ -276,7 +345,7 @@ def _quantize_one(
             writing.tmp,
             quant,
             threads=threads,
-            imatrix=config.imatrix,
+            imatrix=imatrix,
             log_file=log_file,
         )
         # hashed after the run: llama-quantize rewrites its header last, and hashing while it
@@ -353,7 +422,11 @@ def _the_source(job: _Job, quant_type: str) -> QuantOutput:
 
 
 def _result(
-    config: QuantizeConfig, source: Path, outputs: tuple[QuantOutput, ...], started: float
+    config: QuantizeConfig,
+    source: Path,
+    outputs: tuple[QuantOutput, ...],
+    started: float,
+    imatrix: Path | None = None,
 ) -> QuantizeResult:
     done = any(o.status is Status.DONE for o in outputs)
     return QuantizeResult(
@@ -366,6 +439,7 @@ def _result(
         detail=", ".join(f"{o.quant_type} {o.bits_per_weight:.2f} bits/weight" for o in outputs),
         source_path=source,
         quants=outputs,
+        imatrix=imatrix,
     )
 
 

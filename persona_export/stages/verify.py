@@ -1,6 +1,7 @@
 """The verify stage: prove that a persona's export behaves like base + adapter.
 
-On the conversations of templates/verify_prompts.toml, each preceded by the persona's system
+On the conversations of templates/verify_prompts.toml (plus the persona's own
+``verify_prompts`` from the personas TOML), each preceded by the persona's system
 prompt (the Modelfile's SYSTEM) and turned into token ids by the merged model's tokenizer
 (:mod:`persona_export.verify.prompts`), so that every engine sees the same ids
 (:mod:`persona_export.verify.engines` runs them, :mod:`persona_export.verify.checks` judges):
@@ -10,7 +11,9 @@ prompt (the Modelfile's SYSTEM) and turned into token ids by the merged model's 
 2. ``merged-vs-<F16>``: the merged model against the unquantized GGUF run by the vendored
    llama.cpp (``pe-logits``): the conversion. NMSE and top-1 agreement.
 3. ``<F16>-vs-<Q>``: the unquantized GGUF against each quantized one: mean KL divergence of the
-   next-token distributions (bound per type) and top-1 agreement.
+   next-token distributions (bound per type), persona retention against the base model
+   without the adapter (minimum per type; :mod:`persona_export.verify.retention`), top-1
+   agreement, and how many greedy answers are the F16's (reported, not bounded).
 4. ``template-modelfile``: the Modelfile's TEMPLATE and SYSTEM rendered by Go's text/template
    as Ollama renders them equals the HF chat template's text (skipped without Go).
 5. ``template-gguf``: the chat template embedded in the GGUF, rendered by llama-server
@@ -28,6 +31,7 @@ returns the result; the caller decides what a failure means.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Mapping
@@ -60,10 +64,12 @@ from persona_export.stages._verify_inputs import base_model as find_base_model
 from persona_export.stages.base import StageConfig, StageResult, Status
 from persona_export.verify.checks import FAILED, PASSED, SKIPPED, Check, error_check
 from persona_export.verify.data import (
+    Turn,
     check_bound_overrides,
     load_bounds,
     load_conversations,
     prompts_path,
+    verify_conversations,
 )
 from persona_export.verify.engines import (
     Engines,
@@ -92,8 +98,11 @@ class VerifyConfig(StageConfig):
     every ``<persona>-<TYPE>.gguf`` present). ``base_model``: the base for the PEFT check
     (default: the one the merge recorded). ``prompts_file``: conversations replacing the
     shipped ones. ``None`` bounds take the shipped defaults (templates/verify_bounds.toml);
-    ``kl_max`` overrides them per quantization type. ``max_tokens`` bounds each answer of the
-    generation check. ``force`` re-runs even when an earlier passing report is up to date.
+    ``kl_max`` and ``retention_min`` override them per quantization type. ``max_tokens``
+    bounds each answer of the generation check. ``personas_file``: where the persona's
+    ``verify_prompts`` may be defined (besides templates/personas.toml and ./personas.toml).
+    A quant ``AUTO`` is the type ``quantize --type auto`` chose. ``force`` re-runs even when
+    an earlier passing report is up to date.
     """
 
     quants: tuple[str, ...] = ()
@@ -104,6 +113,8 @@ class VerifyConfig(StageConfig):
     nmse_max: float | None = None
     top1_min: float | None = None
     kl_max: Mapping[str, float] = field(default_factory=dict)
+    retention_min: Mapping[str, float] = field(default_factory=dict)
+    personas_file: Path | None = None
     max_tokens: int = DEFAULT_MAX_TOKENS
     hf_dtype: str = "float32"
     threads: int | None = None
@@ -152,6 +163,7 @@ class _Plan:
     base_dir: Path
     artifact: Artifact
     read_at: Mapping[str, tuple[int, int, int, int]]  # inputs read while planning, as they were
+    conversations: tuple[tuple[Turn, ...], ...]
 
     @property
     def merged_dir(self) -> Path:
@@ -172,6 +184,8 @@ def _plan(config: VerifyConfig) -> _Plan:
     layout, persona = config.layout, config.persona
     sources = find_sources(layout, persona, config.source_type)
     quants = quant_paths(layout, persona, config.source_type, config.quants)
+    shipped = load_conversations(config.prompts_file)
+    conversations = verify_conversations(persona, config.prompts_file, config.personas_file)
     modelfile_path = layout.modelfile(persona)
     try:  # its identity before it is read: a Modelfile replaced after this is not certified
         read_at = {"modelfile": stat_key(modelfile_path)}
@@ -201,25 +215,31 @@ def _plan(config: VerifyConfig) -> _Plan:
                 "peft_top1_min": bounds.peft_top1_min,
                 "nmse_max": bounds.nmse_max,
                 "top1_min": bounds.top1_min,
-                "kl_max": {q: bounds.kl_bound(q) for q in sorted(quants)},
+                **bounds.for_types(quants),
             },
             "max_tokens": config.max_tokens,
             "hf_dtype": config.hf_dtype,
+            # the persona's own prompts (the shipped ones are an input file)
+            "conversations": len(conversations),
+            "persona_prompts": [c[-1]["content"] for c in conversations[len(shipped) :]],
         },
         inputs=inputs,
         dropped_inputs=sources.dropped,
     )
-    return _Plan(sources, quants, modelfile, base_dir, artifact, read_at)
+    return _Plan(sources, quants, modelfile, base_dir, artifact, read_at, conversations)
 
 
 def _bounds(config: VerifyConfig, sources: Sources) -> Any:
-    return load_bounds(
+    bounds = load_bounds(
         merged_dtype=sources.merged_dtype,
         peft_nmse_max=config.peft_nmse_max,
         nmse_max=config.nmse_max,
         top1_min=config.top1_min,
         kl_max=config.kl_max,
+        retention_min=config.retention_min,
     )
+    # the answers compared between a quant and the F16 are no longer than --max-tokens
+    return dataclasses.replace(bounds, answer_tokens=min(bounds.answer_tokens, config.max_tokens))
 
 
 def _load_report(data: Mapping[str, Any]) -> tuple[Check, ...]:
@@ -262,8 +282,7 @@ def run(config: VerifyConfig) -> VerifyResult:
 def _prompts(config: VerifyConfig, plan: _Plan) -> tuple[list[Prompt], str | None]:
     from persona_export.verify.prompts import build_prompts
 
-    conversations = load_conversations(config.prompts_file)
-    return build_prompts(plan.merged_dir, plan.modelfile.system, conversations)
+    return build_prompts(plan.merged_dir, plan.modelfile.system, plan.conversations)
 
 
 def _memory_preflight(config: VerifyConfig, plan: _Plan, prompts: list[Prompt]) -> None:
@@ -282,6 +301,8 @@ def _memory_preflight(config: VerifyConfig, plan: _Plan, prompts: list[Prompt]) 
         positions=sum(lengths),
         longest=max(lengths),
         compute_dtype=config.hf_dtype,
+        # with quants, the base's logits stay beside the merged model's and the F16's
+        logits_held=3 if plan.quants else 2,
     )
     free = available_memory()
     console.info(

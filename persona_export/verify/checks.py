@@ -4,6 +4,8 @@ failed or skipped, with one line saying what was measured against which bound).
 * :func:`agreement_check`: NMSE and top-1 agreement of two models' logits (the merge, the
   conversion);
 * :func:`kl_check`: mean KL divergence of a quantized model from the unquantized one;
+* :func:`quant_check`: a quantized model judged on KL and on persona retention
+  (:func:`judge_quant`, which ``quantize --type auto`` uses to choose a type too);
 * :func:`template_check`: a renderer's text against the HF chat template's;
 * :func:`token_check`: llama.cpp's token ids against HF's;
 * :func:`generation_check`: greedy answers end on a stop, not on the token limit.
@@ -16,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from persona_export.verify.data import Bounds
+    from persona_export.verify.fidelity import Fidelity
     from persona_export.verify.metrics import Comparison
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
@@ -76,6 +80,72 @@ def kl_check(name: str, cmp: Comparison, kl_max: float) -> Check:
     if cmp.ref_entropy_ratio > 0.9:
         summary += "; the F16 model's distribution is near-uniform, so KL says little here"
     return Check(name, PASSED if ok else FAILED, summary, {**cmp.to_json(), "kl_max": kl_max})
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A quantized model judged: ``passed``; ``reasons`` it failed (empty when it passed);
+    ``judged_retention``: whether the persona signal was large enough to judge retention;
+    ``summary``: one line with every figure and its bound."""
+
+    passed: bool
+    reasons: tuple[str, ...]
+    judged_retention: bool
+    summary: str
+
+
+def judge_quant(quant_type: str, figures: Mapping[str, Any], bounds: Bounds) -> Verdict:
+    """Judge a quant's figures (:meth:`Fidelity.to_json`) by the KL and retention bounds of
+    its type. Retention is not judged when the persona signal is below ``signal_min``."""
+    kl, kl_max = float(figures["kl_mean"]), bounds.kl_bound(quant_type)
+    signal = float(figures["persona_signal"])
+    kept, se = figures.get("retention"), figures.get("retention_se")
+    keep_min = bounds.retention_bound(quant_type)
+    judged = False
+    reasons = []
+    if kl > kl_max:
+        reasons.append(f"KL {_fmt(kl)} > {_fmt(kl_max)}")
+    parts = [f"KL {_fmt(kl)} (max {_fmt(kl_max)})"]
+    if kept is not None and signal >= bounds.signal_min:
+        judged = True
+        spread = f" ± {se:.2g}" if se is not None else ""
+        parts.append(
+            f"retention {kept:.3f}{spread} (min {keep_min:g}) of a {signal:.3g}-nat persona signal"
+        )
+        if kept < keep_min:
+            reasons.append(f"retention {kept:.3f} < {keep_min:g}")
+    else:
+        parts.append(
+            f"retention not judged: persona signal {_fmt(signal)} nats < {bounds.signal_min:g} "
+            "(the adapter barely changes the model on these prompts)"
+        )
+    if "top1_agreement" in figures:
+        parts.append(f"top-1 {_pct(float(figures['top1_agreement']))}")
+    answers = figures.get("answers")
+    if isinstance(answers, Mapping):
+        parts.append(
+            f"answers {answers['identical']}/{answers['answers']} identical, "
+            f"{answers['same_prefix']}/{answers['answers']} with the same first "
+            f"{answers['prefix_tokens']} tokens"
+        )
+    return Verdict(not reasons, tuple(reasons), judged, "; ".join(parts))
+
+
+def quant_check(name: str, fidelity: Fidelity, bounds: Bounds) -> Check:
+    """A quantized model against the F16: passes when its KL is within its type's bound and
+    (when judged) its persona retention at least its type's minimum."""
+    figures = fidelity.to_json()
+    verdict = judge_quant(fidelity.quant_type, figures, bounds)
+    summary = verdict.summary + f" over {fidelity.comparison.positions} positions"
+    if fidelity.comparison.ref_entropy_ratio > 0.9:
+        summary += "; the F16 model's distribution is near-uniform, so KL says little here"
+    figures.update(
+        kl_max=bounds.kl_bound(fidelity.quant_type),
+        retention_min=bounds.retention_bound(fidelity.quant_type),
+        signal_min=bounds.signal_min,
+        retention_judged=verdict.judged_retention,
+    )
+    return Check(name, PASSED if verdict.passed else FAILED, summary, figures)
 
 
 def _first_difference(expected: str, actual: str) -> str:

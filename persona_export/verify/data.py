@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,13 @@ Turn = Mapping[str, str]
 
 @dataclass(frozen=True)
 class Bounds:
-    """The figures an export must stay within."""
+    """The figures an export must stay within, and how the persona's figures are measured.
+
+    ``retention_min``: least persona retention per quantization type (``retention_default``
+    for the others); ``signal_min``: the persona signal (mean KL of the F16 from the base,
+    nats) below which retention is not judged; ``answer_tokens``/``prefix_tokens``: the
+    length of the greedy answers compared between a quant and the F16, and of the prefix
+    that must match."""
 
     peft_nmse_max: float
     peft_top1_min: float
@@ -30,9 +36,28 @@ class Bounds:
     top1_min: float
     kl_max: Mapping[str, float]
     kl_default: float
+    retention_min: Mapping[str, float] = field(default_factory=dict)
+    retention_default: float = 0.9
+    signal_min: float = 0.02
+    answer_tokens: int = 64
+    prefix_tokens: int = 16
 
     def kl_bound(self, quant_type: str) -> float:
         return self.kl_max.get(quant_type.upper(), self.kl_default)
+
+    def retention_bound(self, quant_type: str) -> float:
+        return self.retention_min.get(quant_type.upper(), self.retention_default)
+
+    def for_types(self, quant_types: Sequence[str]) -> dict[str, Any]:
+        """The bounds that judge ``quant_types``, as JSON (for reports and manifests)."""
+        types = sorted({t.upper() for t in quant_types})
+        return {
+            "kl_max": {t: self.kl_bound(t) for t in types},
+            "retention_min": {t: self.retention_bound(t) for t in types},
+            "signal_min": self.signal_min,
+            "answer_tokens": self.answer_tokens,
+            "prefix_tokens": self.prefix_tokens,
+        }
 
 
 def _read(path: Path, what: str) -> dict[str, Any]:
@@ -106,6 +131,7 @@ def check_bound_overrides(
     nmse_max: float | None = None,
     top1_min: float | None = None,
     kl_max: Mapping[str, float] | None = None,
+    retention_min: Mapping[str, float] | None = None,
 ) -> None:
     """Raise :class:`UsageError` for a bound given on the command line that is out of range
     or not a finite number (NaN fails or passes every comparison, infinity checks nothing:
@@ -125,6 +151,12 @@ def check_bound_overrides(
                 f"--kl-max {key}={value}: the bound must be a finite number >= 0",
                 "e.g. --kl-max Q4_K_M=0.2",
             )
+    for key, value in (retention_min or {}).items():
+        if not math.isfinite(value) or not 0 <= value <= 1:
+            raise UsageError(
+                f"--retention-min {key}={value}: the bound must be within 0..1",
+                "e.g. --retention-min Q4_K_M=0.8",
+            )
 
 
 def load_bounds(
@@ -134,6 +166,7 @@ def load_bounds(
     nmse_max: float | None = None,
     top1_min: float | None = None,
     kl_max: Mapping[str, float] | None = None,
+    retention_min: Mapping[str, float] | None = None,
 ) -> Bounds:
     """The shipped bounds with the given overrides applied. The merge check's NMSE bound
     depends on the merged checkpoint's dtype (``float32``: exact; 16-bit: rounding)."""
@@ -142,10 +175,16 @@ def load_bounds(
     peft = data.get("peft_vs_merged", {})
     hf = data.get("hf_vs_gguf", {})
     kl_table = data.get("kl_max", {})
-    if not all(isinstance(t, dict) for t in (peft, hf, kl_table)):
-        raise UsageError(f"{path}: [peft_vs_merged], [hf_vs_gguf] and [kl_max] must be tables")
-    kl = {k.upper(): _number(kl_table, k, f"{path} [kl_max]") for k in kl_table if k != "default"}
-    kl.update({k.upper(): v for k, v in (kl_max or {}).items()})
+    keep_table = data.get("retention_min", {})
+    persona = data.get("persona", {})
+    tables = (peft, hf, kl_table, keep_table, persona)
+    if not all(isinstance(t, dict) for t in tables):
+        raise UsageError(
+            f"{path}: [peft_vs_merged], [hf_vs_gguf], [kl_max], [retention_min] and [persona] "
+            "must be tables"
+        )
+    kl = _per_type(kl_table, f"{path} [kl_max]", kl_max)
+    keep = _per_type(keep_table, f"{path} [retention_min]", retention_min)
     bounds = Bounds(
         peft_nmse_max=_number(
             peft,
@@ -157,17 +196,32 @@ def load_bounds(
         top1_min=_number(hf, "top1_min", f"{path} [hf_vs_gguf]"),
         kl_max=kl,
         kl_default=_number(kl_table, "default", f"{path} [kl_max]"),
+        retention_min=keep,
+        retention_default=_number(keep_table, "default", f"{path} [retention_min]"),
+        signal_min=_number(persona, "signal_min", f"{path} [persona]"),
+        answer_tokens=int(_number(persona, "answer_tokens", f"{path} [persona]")),
+        prefix_tokens=int(_number(persona, "prefix_tokens", f"{path} [persona]")),
     )
     overrides = {"peft_nmse_max": peft_nmse_max, "nmse_max": nmse_max, "top1_min": top1_min}
     values = {k: v for k, v in overrides.items() if v is not None}
-    check_bound_overrides(**overrides, kl_max=kl_max)
+    check_bound_overrides(**overrides, kl_max=kl_max, retention_min=retention_min)
     if values:
         bounds = Bounds(**{**bounds.__dict__, **values})
     return bounds
 
 
-def parse_kl_overrides(items: list[str]) -> dict[str, float]:
-    """``["Q4_K_M=0.2", ...]`` -> ``{"Q4_K_M": 0.2}`` (for --kl-max TYPE=VALUE)."""
+def _per_type(
+    table: Mapping[str, Any], where: str, overrides: Mapping[str, float] | None
+) -> dict[str, float]:
+    """A per-type bounds table (``default`` left out), the overrides applied."""
+    bounds = {k.upper(): _number(table, k, where) for k in table if k != "default"}
+    bounds.update({k.upper(): v for k, v in (overrides or {}).items()})
+    return bounds
+
+
+def parse_type_overrides(items: list[str], option: str, example: str) -> dict[str, float]:
+    """``["Q4_K_M=0.2", ...]`` -> ``{"Q4_K_M": 0.2}`` (for ``option`` TYPE=VALUE); an item
+    that is not TYPE=number >= 0 is a UsageError whose hint is ``example``."""
     parsed: dict[str, float] = {}
     for item in items:
         name, sep, value = item.partition("=")
@@ -176,9 +230,35 @@ def parse_kl_overrides(items: list[str]) -> dict[str, float]:
         except ValueError:
             number = -1.0
         if not sep or not name.strip() or not math.isfinite(number) or number < 0:
-            raise UsageError(
-                f"--kl-max {item!r} is not TYPE=VALUE",
-                "e.g. --kl-max Q4_K_M=0.2 --kl-max Q8_0=0.02",
-            )
+            raise UsageError(f"{option} {item!r} is not TYPE=VALUE", example)
         parsed[name.strip().upper()] = number
     return parsed
+
+
+def parse_kl_overrides(items: list[str]) -> dict[str, float]:
+    """``["Q4_K_M=0.2", ...]`` -> ``{"Q4_K_M": 0.2}`` (for --kl-max TYPE=VALUE)."""
+    return parse_type_overrides(items, "--kl-max", "e.g. --kl-max Q4_K_M=0.2 --kl-max Q8_0=0.02")
+
+
+def parse_retention_overrides(items: list[str]) -> dict[str, float]:
+    """``["Q4_K_M=0.8", ...]`` -> ``{"Q4_K_M": 0.8}`` (for --retention-min TYPE=VALUE)."""
+    return parse_type_overrides(
+        items, "--retention-min", "e.g. --retention-min Q4_K_M=0.8 --retention-min Q3_K_M=0.7"
+    )
+
+
+def verify_conversations(
+    persona: str, prompts_file: Path | None = None, personas_file: Path | None = None
+) -> tuple[tuple[Turn, ...], ...]:
+    """The conversations verify asks: those of ``prompts_file`` (default: the shipped
+    templates/verify_prompts.toml), then one per question in the persona's own
+    ``verify_prompts`` (personas TOML) that is not already asked."""
+    from persona_export.personas import find_persona
+
+    conversations = list(load_conversations(prompts_file))
+    asked = {c[-1]["content"].strip() for c in conversations if len(c) == 1}
+    for question in find_persona(persona, user_file=personas_file).verify_prompts:
+        if question.strip() not in asked:
+            asked.add(question.strip())
+            conversations.append(({"role": "user", "content": question},))
+    return tuple(conversations)

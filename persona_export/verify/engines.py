@@ -1,7 +1,9 @@
 """Running each engine on the verify prompts and turning what they say into checks.
 
 * :func:`logit_checks`: PEFT (base + adapter, unmerged) against the merged model, the merged
-  model against the unquantized GGUF (llama.cpp), that GGUF against each quantized one.
+  model against the unquantized GGUF (llama.cpp), that GGUF against each quantized one: KL,
+  persona retention (against the base without the adapter) and greedy answers
+  (:mod:`persona_export.verify.fidelity`).
 * :func:`server_checks`: the Modelfile's TEMPLATE rendered by Go as Ollama renders it, the
   GGUF's own template rendered by llama-server, tool conversations on the path Ollama will
   use (:mod:`persona_export.verify.tools`), llama.cpp's tokens of the prompts that path
@@ -29,7 +31,7 @@ from persona_export.verify.checks import (
     agreement_check,
     error_check,
     generation_check,
-    kl_check,
+    quant_check,
     template_check,
     token_check,
 )
@@ -62,8 +64,9 @@ class Steps:
 
 def step_count(quants: int, prompts: int) -> int:
     """How many :class:`Steps` a verify takes: merged model, PEFT, the unquantized GGUF,
-    each quantized one, the Go template, llama-server, one greedy answer per prompt."""
-    return 3 + quants + 2 + prompts
+    each quantized one (with quants: also the base model and the unquantized GGUF's greedy
+    answers), the Go template, llama-server, one greedy answer per prompt."""
+    return 3 + quants + (2 if quants else 0) + 2 + prompts
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ def logit_checks(
 ) -> list[Check]:
     """The three logit comparisons (see the module docstring); ``steps`` shows progress."""
     from persona_export.llamacpp.logits import gguf_logits
-    from persona_export.verify.logits import adapter_logits, model_logits, streaming
+    from persona_export.verify.logits import adapter_logits, base_logits, model_logits, streaming
     from persona_export.verify.metrics import compare
 
     ids = [p.ids for p in prompts]
@@ -122,6 +125,11 @@ def logit_checks(
     )
     del peft
     gc.collect()
+    base: list = []
+    if engines.quants:
+        steps.next(f"base model without the adapter, {positions} positions, {how}")
+        base = base_logits(engines.base_dir, ids, dtype=engines.hf_dtype)
+        gc.collect()
     source_name = f"merged-vs-{engines.source_type}"
     steps.next(f"{engines.source.name} through llama.cpp")
     f16: list = []
@@ -141,17 +149,56 @@ def logit_checks(
     )
     del merged
     gc.collect()
+    if engines.quants:
+        checks += _quant_checks(engines, bounds, ids, f16, base, steps)
+    return checks
+
+
+def _quant_checks(
+    engines: Engines,
+    bounds: Bounds,
+    ids: Sequence[Sequence[int]],
+    f16: list,
+    base: list,
+    steps: Steps,
+) -> list[Check]:
+    """Each quantized GGUF against the F16 (KL, retention, answers)."""
+    from persona_export.verify.answers import greedy_answers
+    from persona_export.verify.fidelity import Reference, measure
+
+    checks: list[Check] = []
+    refs: list[Reference] = []
+
+    def reference() -> None:
+        steps.next(f"{engines.source.name} greedy answers, at most {bounds.answer_tokens} tokens")
+        answers = greedy_answers(
+            engines.source,
+            ids,
+            max_tokens=bounds.answer_tokens,
+            log_dir=engines.work_dir,
+            threads=engines.threads,
+        )
+        prompts = tuple(tuple(p) for p in ids)
+        refs.append(Reference(prompts, f16, base, tuple(answers), bounds.answer_tokens))
+
+    if not _guarded(f"{engines.source_type}-answers", checks, reference):
+        return checks
     for quant, path in engines.quants.items():
         name = f"{engines.source_type}-vs-{quant}"
-        steps.next(f"{path.name} through llama.cpp")
+        steps.next(f"{path.name} through llama.cpp (logits, then greedy answers)")
 
-        def quant_check(path: Path = path, quant: str = quant, name: str = name) -> None:
-            logits = gguf_logits(path, ids, engines.work_dir, threads=engines.threads)
-            checks.append(
-                kl_check(name, compare(zip(f16, logits, strict=True)), bounds.kl_bound(quant))
+        def one(path: Path = path, quant: str = quant, name: str = name) -> None:
+            fidelity = measure(
+                path,
+                quant,
+                refs[0],
+                prefix_tokens=bounds.prefix_tokens,
+                work_dir=engines.work_dir,
+                threads=engines.threads,
             )
+            checks.append(quant_check(name, fidelity, bounds))
 
-        _guarded(name, checks, quant_check)
+        _guarded(name, checks, one)
     return checks
 
 

@@ -59,7 +59,7 @@ class Comparison:
         }
 
 
-def _log_softmax(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+def log_softmax(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     shifted = x - x.max(axis=-1, keepdims=True)
     out: npt.NDArray[np.float64] = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
     return out
@@ -95,8 +95,8 @@ def compare(pairs: Iterable[tuple[Array, Array]], *, tie_rel: float = 0.0) -> Co
             rms = np.sqrt(np.square(ref).mean(axis=-1))
             decisive += int(((top_ref != top_oth) & (lead > tie_rel * rms)).sum())
             positions += ref.shape[0]
-            log_p = _log_softmax(ref)
-            log_q = _log_softmax(oth)
+            log_p = log_softmax(ref)
+            log_q = log_softmax(oth)
             p = np.exp(log_p)
             kl = (p * (log_p - log_q)).sum(axis=-1)
             kl_sum += float(kl.sum())
