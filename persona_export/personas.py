@@ -21,12 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from persona_export.errors import InputNotFoundError, UsageError
 from persona_export.layout import check_persona
 from persona_export.ollama.rules import check_model_name, check_parameters, default_model_name
 from persona_export.resources import templates_dir
+from persona_export.toml_files import read_toml
 
 USER_FILE_NAME = "personas.toml"
 _FIELDS = {"system", "display_name", "ollama_name", "parameters", "verify_prompts"}
@@ -65,16 +64,7 @@ def persona_files(user_file: Path | None, cwd: Path | None = None) -> list[Path]
 
 
 def _read_table(path: Path) -> dict[str, Any]:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputNotFoundError(f"cannot read personas file {path}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path} is not valid TOML: {exc}", "fix the file's syntax") from exc
-    except RecursionError as exc:
-        raise UsageError(
-            f"{path} is not valid TOML: it is nested too deeply", "fix the file's syntax"
-        ) from exc
+    data = read_toml(path, "personas")
     unknown = set(data) - {"personas"}
     if unknown:
         raise UsageError(

@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
-from persona_export.errors import InputNotFoundError, UsageError
+from persona_export.errors import UsageError
 from persona_export.resources import templates_dir
+from persona_export.toml_files import read_toml
 
 PROMPTS_FILE = "verify_prompts.toml"
 BOUNDS_FILE = "verify_bounds.toml"
@@ -61,18 +60,7 @@ class Bounds:
 
 
 def _read(path: Path, what: str) -> dict[str, Any]:
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise InputNotFoundError(f"{what} file {path} not found", "give an existing file") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputNotFoundError(f"cannot read {what} file {path}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path} is not valid TOML: {exc}", "fix the file's syntax") from exc
-    except RecursionError as exc:
-        raise UsageError(
-            f"{path} is not valid TOML: it is nested too deeply", "fix the file's syntax"
-        ) from exc
+    return read_toml(path, what)
 
 
 def prompts_path(user_file: Path | None = None) -> Path:
