@@ -162,11 +162,11 @@ def test_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     dirs += [str(work / "merged_models"), "--gguf-dir", str(work / "gguf_models"), "--no-ollama"]
     status = CliRunner().invoke(app, ["status", *dirs, "--json"])
     (found,) = json.loads(status.stdout)["personas"]
-    assert [s["state"] for s in found["stages"]] == ["up to date"] * 5
+    assert [s["state"] for s in found["stages"]] == ["up to date"] * 6
     _change_a_weight(adapter / "adapter_model.safetensors")
     status = CliRunner().invoke(app, ["status", *dirs, "--json"])
     (found,) = json.loads(status.stdout)["personas"]
-    assert [s["state"] for s in found["stages"]] == ["stale"] * 5
+    assert [s["state"] for s in found["stages"]] == ["stale"] * 6
     assert found["stages"][0]["reason"] == "adapter/adapter_model.safetensors changed (content)"
 
 

@@ -154,7 +154,7 @@ def test_every_stage_command_prints_its_result(tmp_path: Path, exported_project:
     assert {"README.md", "Modelfile", "template", "system", "params"} <= set(files)
     status = CliRunner().invoke(app, ["status", *dirs, "--json"])
     (found,) = document(status, "status")["personas"]
-    assert [s["state"] for s in found["stages"]] == ["up to date"] * 5
+    assert [s["state"] for s in found["stages"]] == ["up to date"] * 6
     assert found["verify"]["passed"] is True and found["quant"] == "Q4_K_M"
     assert (
         found["registered"] is None and document(status, "status")["ollama"]["reachable"] is False

@@ -54,7 +54,8 @@ def _write(
 
 
 def make_chain(root: Path) -> Layout:
-    """adapter + base -> merge -> gguf -> quantize (Q4_K_M, Q8_0) -> modelfile -> verify."""
+    """adapter + base -> merge -> gguf -> quantize (Q4_K_M, Q8_0) -> modelfile -> verify ->
+    card."""
     layout = Layout(root / "trained_adapters", root / "merged_models", root / "gguf_models")
     adapter, base = layout.adapter(P), root / "base"
     for folder, files in ((adapter, {"adapter_model.safetensors": b"a" * 4000}), (base, {})):
@@ -118,6 +119,8 @@ def make_chain(root: Path) -> Layout:
         },
     ]
     _write("verify", layout.verify_report(P), verify_in, None, passed=True, checks=checks)
+    card_in = {"modelfile": modelfile, "verify": layout.verify_report(P)}
+    _write("card", layout.gguf_dir(P) / "README.md", card_in, b"# cap\n")
     return layout
 
 
@@ -131,7 +134,7 @@ def _reasons(layout: Layout) -> dict[str, str]:
     return {s.stage: s.reason for s in persona.stages}
 
 
-STAGES = ("merge", "gguf", "quantize", "modelfile", "verify")
+STAGES = ("merge", "gguf", "quantize", "modelfile", "verify", "card")
 ALL_UP_TO_DATE = dict.fromkeys(STAGES, "up to date")
 
 
@@ -171,10 +174,11 @@ def test_a_changed_adapter_makes_merge_and_everything_after_it_stale(tmp_path: P
     assert reasons["modelfile"] == "after quantize, which is stale"
     # verify read the adapter itself as well as the later outputs
     assert reasons["verify"].startswith("adapter/adapter_model.safetensors changed (content); ")
+    assert reasons["card"] == "after modelfile, which is stale"
     run_cli = CliRunner().invoke(app, ["status", *_dirs(layout), "--no-ollama"])
     assert run_cli.exit_code == 0, run_cli.output
     lines = run_cli.stdout.splitlines()
-    assert lines[0] == f"{P}: stale: merge, gguf, quantize, modelfile, verify"
+    assert lines[0] == f"{P}: stale: merge, gguf, quantize, modelfile, verify, card"
     assert " ".join(lines[2:4]).split() == ["adapter", "found", str(layout.adapter(P))]
     merge = next(i for i, line in enumerate(lines) if line.startswith("  merge "))
     assert lines[merge].split()[:2] == ["merge", "stale"]

@@ -87,7 +87,7 @@ DEFS: dict[str, dict[str, Any]] = {
     ),
     "status_stage": _obj(
         {
-            "stage": (STR, "merge, gguf, quantize, modelfile or verify"),
+            "stage": (STR, "merge, gguf, quantize, modelfile, verify or card"),
             "state": (
                 {"enum": STATES},
                 "whether `export` would redo it (`unknown`: only "
@@ -130,7 +130,10 @@ DEFS: dict[str, dict[str, Any]] = {
                 "Ollama lists the model (null: Ollama not reachable or not asked)",
             ),
             "verify": (_nullable(_ref("verify_verdict")), "the last verify's verdict"),
-            "stages": (_array(_ref("status_stage")), "merge, gguf, quantize, modelfile, verify"),
+            "stages": (
+                _array(_ref("status_stage")),
+                "merge, gguf, quantize, modelfile, verify, card",
+            ),
         }
     ),
     "ollama_server": _obj(

@@ -36,7 +36,7 @@ from persona_export.layout import Layout
 from persona_export.stages import status_details as details
 from persona_export.stages.base import output_bytes
 
-CHAIN = ("merge", "gguf", "quantize", "modelfile", "verify")
+CHAIN = ("merge", "gguf", "quantize", "modelfile", "verify", "card")
 _RANK = {UP_TO_DATE: 0, MISSING: 1, UNKNOWN: 2, STALE: 3}
 
 
@@ -142,12 +142,11 @@ def _units(layout: Layout, persona: str) -> list[_Unit]:
     """The manifests of ``persona``'s outputs, in chain order."""
     candidates = [layout.merged(persona) / DIR_MANIFEST]
     gguf_dir = layout.gguf_dir(persona)
-    if gguf_dir.is_dir():
-        candidates += sorted(gguf_dir.glob(f"*.gguf{MANIFEST_SUFFIX}"))
-    candidates += [layout.modelfile(persona).with_name("Modelfile" + MANIFEST_SUFFIX)]
+    if gguf_dir.is_dir():  # the GGUFs', the Modelfile's and the card files' manifests
+        candidates += sorted(gguf_dir.glob(f"*{MANIFEST_SUFFIX}"))
     candidates += [layout.verify_report(persona)]
     units = []
-    for path in candidates:
+    for path in dict.fromkeys(candidates):
         data = read_json(path)
         if data is not None and data.get("stage") in CHAIN:
             units.append(_Unit(str(data["stage"]), path, data))

@@ -73,7 +73,7 @@ def _one(stage: str, data: Mapping[str, Any], output: Path) -> str:
         return f"{source}, {data.get('format')} format, model {data.get('model_name')}"
     if stage == "verify":
         return verdict(data)["summary"]
-    return size
+    return f"{output.name} {size}"
 
 
 def detail(stage: str, manifests: Sequence[Mapping[str, Any]], outputs: Sequence[Path]) -> str:
