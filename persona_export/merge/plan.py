@@ -148,7 +148,6 @@ def make_plan(
     (used to tell whether an adapter's lm_head is just the tied embedding)."""
     warnings: list[str] = []
     config = checkpoint.config
-    model_type = str(config.get("model_type", ""))
     base = checkpoint.tensors
     drafts: dict[str, _Draft] = {name: _Draft(_base_source(info)) for name, info in base.items()}
     embed_name = input_embedding_name(list(base))
@@ -156,41 +155,14 @@ def make_plan(
         n in base for n in OUTPUT_EMBEDDING_NAMES
     )
     config_updates: dict[str, Any] = {}
-    adapter_path = adapter.tensors.path
 
     # 1. whole-tensor replacements (modules_to_save, resized embeddings)
-    tied_output: tuple[str, Source] | None = None
-    for target, key in adapter.replacements.items():
-        source = _adapter_source(adapter, key)
-        resolved = _resolve(target, base)
-        if resolved is None:
-            if tied and embed_name and _is_output_embedding(target):
-                tied_output = (target, source)
-                continue
-            raise InvalidInputError(
-                f"{adapter_path}: the adapter replaces {target}, which the base model does not "
-                "have",
-                _SHAPE_HINT,
-            )
-        base_shape = base[resolved].shape
-        is_embedding = resolved == embed_name or resolved in OUTPUT_EMBEDDING_NAMES
-        fits = source.shape == base_shape or (
-            is_embedding and len(base_shape) == 2 and source.shape[1:] == base_shape[1:]
-        )
-        if not fits:
-            raise InvalidInputError(
-                f"{adapter_path}: {key} has shape {list(source.shape)} but the base model's "
-                f"{resolved} has {list(base_shape)}",
-                _SHAPE_HINT,
-            )
-        drafts[resolved] = _Draft(source)
+    tied_output = _replace_tensors(adapter, base, drafts, embed_name if tied else None)
 
     # 2. tied embeddings: an adapter lm_head equal to the (new) input embedding keeps the tie
     if tied_output is not None and embed_name is not None:
         target, source = tied_output
-        if tensors_equal(source, drafts[embed_name].source):
-            pass  # PEFT saved the tied weight twice; it stays tied
-        else:
+        if not tensors_equal(source, drafts[embed_name].source):  # else: saved twice, tied
             drafts["lm_head.weight"] = _Draft(source)
             config_updates["tie_word_embeddings"] = False
             tied = False
@@ -200,90 +172,19 @@ def make_plan(
             )
 
     # 3. LoRA modules, in checkpoint order of their weights (embedding before lm_head)
-    def target_of(module: LoraModule) -> str:
-        resolved = _resolve(f"{module.module}.weight", drafts)
-        if (
-            resolved is None
-            and tied
-            and embed_name
-            and _is_output_embedding(f"{module.module}.weight")
-        ):
-            return embed_name  # the tied output layer shares the embedding's storage
-        if resolved is None:
-            raise InvalidInputError(
-                f"{adapter_path}: the adapter targets {module.module}, which the base model does "
-                f"not have (no tensor {module.module}.weight)",
-                _SHAPE_HINT,
-            )
-        return resolved
-
+    tied_embedding = embed_name if tied else None
+    targets = {m: _target_of(adapter, m, drafts, tied_embedding) for m in adapter.modules}
     order = {name: k for k, name in enumerate(drafts)}
-    targets = {m: target_of(mod) for m, mod in adapter.modules.items()}
     for module_name in sorted(
         adapter.modules, key=lambda m: (order[targets[m]], m.endswith("lm_head"), m)
     ):
-        module = adapter.modules[module_name]
-        target = targets[module_name]
-        draft = drafts[target]
-        shape = draft.source.shape
-        a = adapter.tensors.shape(module.lora_a)
-        b = adapter.tensors.shape(module.lora_b)
-        if module.kind == "embedding":
-            fan_in_fan_out: bool | None = False if shape == (a[1], b[0]) else None
-            what = f"lora_embedding_A {list(a)} / lora_embedding_B {list(b)}"
-        else:
-            is_output = _is_output_embedding(f"{module_name}.weight")
-            fan_in_fan_out = _orientation(shape, a, b, model_type, is_output)
-            what = f"lora_A {list(a)} / lora_B {list(b)}"
-        if fan_in_fan_out is None:
-            raise InvalidInputError(
-                f"adapter does not fit the base model: {module_name} has {what} but the base "
-                f"weight {target} is {list(shape)}",
-                _SHAPE_HINT,
-            )
-        if draft.source.dtype not in FLOAT_DTYPES:
-            raise InvalidInputError(
-                f"base weight {target} is {draft.source.dtype}, not a float type; a LoRA cannot be "
-                "merged into quantized weights",
-                "merge into the unquantized base model",
-            )
-        out_features = b[0]
-        if module.magnitude is not None:
-            magnitude_shape = adapter.tensors.shape(module.magnitude)
-            if magnitude_shape != (out_features,):
-                raise InvalidInputError(
-                    f"{adapter_path}: {module.magnitude} has shape {list(magnitude_shape)}, "
-                    f"expected [{out_features}]",
-                    _SHAPE_HINT,
-                )
-        update = LoraUpdate(module, fan_in_fan_out)
-        draft.updates.append(update)
-        if module.lora_bias is not None:
-            bias_name = _resolve(f"{module_name}.bias", drafts)
-            if bias_name is None:
-                raise InvalidInputError(
-                    f"{adapter_path}: the adapter has a lora_B bias for {module_name} but the base "
-                    "layer has no bias",
-                    "such an adapter cannot be merged (PEFT refuses it too)",
-                )
-            drafts[bias_name].bias_updates.append(update)
-
+        _add_update(
+            adapter, module_name, targets[module_name], drafts, str(config.get("model_type", ""))
+        )
     warnings += _missing_targets(adapter, base, targets, tied)
 
     # 4. vocabulary: rows of the (possibly replaced) embeddings
-    vocab_rows: int | None = None
-    if embed_name is not None:
-        vocab_rows = drafts[embed_name].source.shape[0]
-        for out_name in OUTPUT_EMBEDDING_NAMES:
-            if out_name in drafts and drafts[out_name].source.shape[0] != vocab_rows:
-                raise InvalidInputError(
-                    f"{embed_name} has {vocab_rows} rows but {out_name} has "
-                    f"{drafts[out_name].source.shape[0]}: the adapter resized one embedding "
-                    "and not the other",
-                    "save the adapter with save_embedding_layers=True so it carries both",
-                )
-        if config.get("vocab_size") is not None and config["vocab_size"] != vocab_rows:
-            config_updates["vocab_size"] = vocab_rows
+    vocab_rows = _vocab_rows(config, drafts, embed_name, config_updates)
 
     planned = []
     for name, draft in drafts.items():
@@ -297,6 +198,139 @@ def make_plan(
             )
         )
     return MergePlan(tuple(planned), config_updates, tuple(warnings), vocab_rows)
+
+
+def _replace_tensors(
+    adapter: Adapter,
+    base: Mapping[str, TensorInfo],
+    drafts: dict[str, _Draft],
+    tied_embedding: str | None,
+) -> tuple[str, Source] | None:
+    """Put the adapter's whole tensors (modules_to_save, resized embeddings) in ``drafts``;
+    returns the output embedding it gives for a tied model (``tied_embedding``: the input
+    embedding's name, None when untied), which step 2 of :func:`make_plan` judges."""
+    adapter_path = adapter.tensors.path
+    tied_output: tuple[str, Source] | None = None
+    for target, key in adapter.replacements.items():
+        source = _adapter_source(adapter, key)
+        resolved = _resolve(target, base)
+        if resolved is None:
+            if tied_embedding and _is_output_embedding(target):
+                tied_output = (target, source)
+                continue
+            raise InvalidInputError(
+                f"{adapter_path}: the adapter replaces {target}, which the base model does not "
+                "have",
+                _SHAPE_HINT,
+            )
+        base_shape = base[resolved].shape
+        is_embedding = resolved == input_embedding_name(list(base)) or (
+            resolved in OUTPUT_EMBEDDING_NAMES
+        )
+        fits = source.shape == base_shape or (
+            is_embedding and len(base_shape) == 2 and source.shape[1:] == base_shape[1:]
+        )
+        if not fits:
+            raise InvalidInputError(
+                f"{adapter_path}: {key} has shape {list(source.shape)} but the base model's "
+                f"{resolved} has {list(base_shape)}",
+                _SHAPE_HINT,
+            )
+        drafts[resolved] = _Draft(source)
+    return tied_output
+
+
+def _target_of(
+    adapter: Adapter, module_name: str, drafts: Mapping[str, _Draft], tied_embedding: str | None
+) -> str:
+    """The tensor a LoRA module updates (a tied output layer: the input embedding, whose
+    storage it shares)."""
+    resolved = _resolve(f"{module_name}.weight", drafts)
+    if resolved is None and tied_embedding and _is_output_embedding(f"{module_name}.weight"):
+        return tied_embedding
+    if resolved is None:
+        raise InvalidInputError(
+            f"{adapter.tensors.path}: the adapter targets {module_name}, which the base model "
+            f"does not have (no tensor {module_name}.weight)",
+            _SHAPE_HINT,
+        )
+    return resolved
+
+
+def _add_update(
+    adapter: Adapter, module_name: str, target: str, drafts: dict[str, _Draft], model_type: str
+) -> None:
+    """Check one LoRA module against the weight it updates and add its update (and its
+    lora_B bias's) to ``drafts``."""
+    adapter_path = adapter.tensors.path
+    module = adapter.modules[module_name]
+    draft = drafts[target]
+    shape = draft.source.shape
+    a = adapter.tensors.shape(module.lora_a)
+    b = adapter.tensors.shape(module.lora_b)
+    if module.kind == "embedding":
+        fan_in_fan_out: bool | None = False if shape == (a[1], b[0]) else None
+        what = f"lora_embedding_A {list(a)} / lora_embedding_B {list(b)}"
+    else:
+        is_output = _is_output_embedding(f"{module_name}.weight")
+        fan_in_fan_out = _orientation(shape, a, b, model_type, is_output)
+        what = f"lora_A {list(a)} / lora_B {list(b)}"
+    if fan_in_fan_out is None:
+        raise InvalidInputError(
+            f"adapter does not fit the base model: {module_name} has {what} but the base "
+            f"weight {target} is {list(shape)}",
+            _SHAPE_HINT,
+        )
+    if draft.source.dtype not in FLOAT_DTYPES:
+        raise InvalidInputError(
+            f"base weight {target} is {draft.source.dtype}, not a float type; a LoRA cannot be "
+            "merged into quantized weights",
+            "merge into the unquantized base model",
+        )
+    out_features = b[0]
+    if module.magnitude is not None:
+        magnitude_shape = adapter.tensors.shape(module.magnitude)
+        if magnitude_shape != (out_features,):
+            raise InvalidInputError(
+                f"{adapter_path}: {module.magnitude} has shape {list(magnitude_shape)}, "
+                f"expected [{out_features}]",
+                _SHAPE_HINT,
+            )
+    update = LoraUpdate(module, fan_in_fan_out)
+    draft.updates.append(update)
+    if module.lora_bias is not None:
+        bias_name = _resolve(f"{module_name}.bias", drafts)
+        if bias_name is None:
+            raise InvalidInputError(
+                f"{adapter_path}: the adapter has a lora_B bias for {module_name} but the base "
+                "layer has no bias",
+                "such an adapter cannot be merged (PEFT refuses it too)",
+            )
+        drafts[bias_name].bias_updates.append(update)
+
+
+def _vocab_rows(
+    config: Mapping[str, Any],
+    drafts: Mapping[str, _Draft],
+    embed_name: str | None,
+    config_updates: dict[str, Any],
+) -> int | None:
+    """Rows of the (possibly replaced) embeddings, which must agree; ``vocab_size`` in
+    ``config_updates`` when the config says otherwise."""
+    if embed_name is None:
+        return None
+    vocab_rows = drafts[embed_name].source.shape[0]
+    for out_name in OUTPUT_EMBEDDING_NAMES:
+        if out_name in drafts and drafts[out_name].source.shape[0] != vocab_rows:
+            raise InvalidInputError(
+                f"{embed_name} has {vocab_rows} rows but {out_name} has "
+                f"{drafts[out_name].source.shape[0]}: the adapter resized one embedding "
+                "and not the other",
+                "save the adapter with save_embedding_layers=True so it carries both",
+            )
+    if config.get("vocab_size") is not None and config["vocab_size"] != vocab_rows:
+        config_updates["vocab_size"] = vocab_rows
+    return vocab_rows
 
 
 def _missing_targets(
