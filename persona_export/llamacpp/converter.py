@@ -102,6 +102,12 @@ def run_converter(
 
 
 _WARNING_RE = re.compile(r"^WARNING:[\w.-]+:(.*)$")
+# Warnings about the converter's own bookkeeping, with nothing in them a user could act on:
+# shown with --verbose only. "Unknown RoPE type: default": transformers 5 writes
+# rope_parameters {"rope_type": "default"}, which the converter does not name but handles as
+# plain RoPE (the GGUF is the same); "Duplicated key name": the converter writes
+# add_bos_token twice, the second value wins (llama.cpp's own reading).
+_BOOKKEEPING = ("Unknown RoPE type: default", "Duplicated key name ")
 _PROGRESS_RE = re.compile(r"^Writing:\s+(\d+)%")
 # tqdm's amounts on the same line: "| 56.6M/269M [" (bytes, with an SI suffix)
 _AMOUNT_RE = re.compile(r"\|\s*([\d.]+)([kMGT]?)/([\d.]+)([kMGT]?)\s*\[")
@@ -133,9 +139,14 @@ class _ConverterLines:
         if m := _WARNING_RE.match(line):
             text = m.group(1).strip()
             # the banner of an unrecognised pre-tokenizer is explained by the error instead
-            if text and not text.startswith("**"):
-                self.warnings.append(text)
-                console.warn(f"converter: {text}")
+            if not text or text.startswith("**"):
+                return
+            if text.startswith(_BOOKKEEPING):
+                if console.mode().verbose:
+                    console.info(f"converter: {text}")
+                return
+            self.warnings.append(text)
+            console.warn(f"converter: {text}")
 
 
 def _relevant_tail(output: str, lines: int = 15) -> str:
