@@ -262,3 +262,23 @@ def test_fallback_warnings_are_counted_into_one_line(tmp_path: Path, capsys) -> 
     assert "q4_K -> q5_0 x2, q6_K -> q8_0 x1" in warnings[1]
     assert str(tmp_path / "q.log") in warnings[1]
     assert capsys.readouterr().err.count("llama-quantize:") == 2
+
+
+def test_fallbacks_are_one_warning(tmp_path: Path) -> None:
+    """llama-quantize's per-tensor fallback lines and its own total become one warning with
+    the kinds counted (the total line, which says less, is not repeated)."""
+    from persona_export.llamacpp.quantize import _QuantizeLines
+
+    warnings: list[str] = []
+    lines = _QuantizeLines(warnings)
+    for _ in range(2):
+        lines(
+            "llama_tensor_get_type: tensor cols 576 x 1536 are not divisible by 256, required "
+            "for type q4_K) -> falling back to q5_0"
+        )
+    lines("llama_model_quantize_impl: WARNING: 2 of 272 tensor(s) required fallback quantization")
+    lines.finish(tmp_path / "q.log")
+    assert warnings == [
+        "llama-quantize: 2 tensors use another type than asked, their rows not being a "
+        f"multiple of 256 (q4_K -> q5_0 x2); details in {tmp_path / 'q.log'}"
+    ]

@@ -134,6 +134,10 @@ def default_threads(threads: int | None) -> int:
 _FALLBACK = re.compile(r"required for type\s+(\w+)\)\s*->\s*falling back to\s+(\w+)")
 
 
+# "WARNING: 180 of 272 tensor(s) required fallback quantization"
+_FALLBACK_TOTAL = re.compile(r"\d+ of \d+ tensor\(s\) required fallback quantization")
+
+
 class _QuantizeLines:
     """llama-quantize's stream as progress (its "[ i/ n]" line per tensor) and warnings. Its
     per-tensor "falling back" warnings (rows not divisible by the K-quant block of 256) are
@@ -151,6 +155,8 @@ class _QuantizeLines:
         if fallback := _FALLBACK.search(line):
             self.fallbacks[(fallback.group(1), fallback.group(2))] += 1
             return
+        if _FALLBACK_TOTAL.search(line):
+            return  # its own count of the fallbacks: said by finish(), with their kinds
         if re.search(r"\bwarning\b", line, re.IGNORECASE):
             self.warnings.append(line.strip())
             console.warn(f"llama-quantize: {line.strip()}")
