@@ -121,7 +121,8 @@ def test_every_stage_command_prints_its_result(tmp_path: Path, exported_project:
     assert [s["stage"] for s in done["stages"]][5] == "card"
     assert "cap: exported in " in export.stderr  # the summary went to stderr
     runs = {
-        "merge": [*persona, *base, *dirs[:4]],  # merge writes no GGUF: no --gguf-dir
+        # merge writes no GGUF: no --gguf-dir; the personas file is a merge option (the card)
+        "merge": [*persona, *base, *personas, *dirs[:4]],
         "gguf": [*persona, *dirs],
         "quantize": [*persona, "--type", "Q4_K_M", "--type", "Q8_0", *dirs],
         "modelfile": [*persona, *personas, *dirs],
