@@ -184,8 +184,8 @@ class LlamaServer:
         ``return_tokens``: the completion carries the generated ids too. Those come whole
         from one answer that is not streamed (a streamed event carries only the token it
         sends, and llama-server holds back a token that ends inside a UTF-8 character), so
-        only the total limit applies: ``limits``' when measured, else
-        :data:`SECONDS_PER_TOKEN` per token asked for."""
+        only a total limit applies: :data:`REQUEST_TIMEOUT_S` plus :data:`SECONDS_PER_TOKEN`
+        per token asked for, or the measured one when that is longer."""
         limits = limits or SpeedLimits()
         sent: str | list[int] = prompt if isinstance(prompt, str) else [int(i) for i in prompt]
         if not isinstance(sent, str):
@@ -203,9 +203,10 @@ class LlamaServer:
         }
         started = time.monotonic()
         if return_tokens:
-            total = limits.total_s(prompt_tokens, n_predict)
-            if total is None:
-                total = REQUEST_TIMEOUT_S + SECONDS_PER_TOKEN * n_predict
+            # no stall can be seen without streaming: a generous whole-answer limit, never
+            # tighter than the measured one (a shared machine's speed varies between answers)
+            total = REQUEST_TIMEOUT_S + SECONDS_PER_TOKEN * n_predict
+            total = max(total, limits.total_s(prompt_tokens, n_predict) or 0.0)
             data = self._post("/completion", body, timeout=total)
             text = str(data.get("content", ""))
         else:
