@@ -64,6 +64,10 @@ class Ended:
     program_pid: int
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _signalled(root: Path, args: list[str], env: dict[str, str], sig: int) -> Ended:
     """Run ``persona-export ARGS`` in ``root``, send ``sig`` once the stand-in program runs
     (it writes ``root/program.pid``), and return how the command ended."""
@@ -74,6 +78,10 @@ def _signalled(root: Path, args: list[str], env: dict[str, str], sig: int) -> En
         stderr=subprocess.PIPE,
         text=True,
         env=python_env(**env),
+        # Ctrl-C as a terminal delivers it, whatever this run inherited: a shell ignores
+        # SIGINT for background jobs (`make test &`), and a child started that way (Python
+        # included) ignores Ctrl-C, rightly, so the test would measure the launcher instead
+        preexec_fn=_default_sigint,
     )
     pid = None
     try:
