@@ -182,19 +182,18 @@ def run(config: QuantizeConfig) -> QuantizeResult:
             _require_imatrix(wanted, config.imatrix)
         # a source export --keep dropped is known by the record its tombstone keeps
         dropped = None if source.is_file() else dropped_outputs(manifest_path_for(source))
-        job = _Job(config, source, {}, dropped, None)
+        if dropped is not None and (config.makes_imatrix or config.auto):
+            # the matrix and the ladder's measures read the source
+            raise _dropped_source(config, source)
         imatrix = config.imatrix
-        if config.makes_imatrix or config.auto:
-            job.require_source()  # the matrix and the ladder's measures read the source
         if config.makes_imatrix:
             from persona_export.stages.quantize_imatrix import make_imatrix
 
             imatrix = make_imatrix(config, source)
-        if dropped is None:
-            job.inputs["source"] = source
+        inputs = {} if dropped is not None else {"source": source}
         if imatrix is not None:
-            job.inputs["imatrix"] = imatrix
-        job.imatrix = imatrix
+            inputs["imatrix"] = imatrix
+        job = _Job(config, source, inputs, dropped, imatrix)
 
         def one(quant_type: str) -> QuantOutput:
             if quant_type == source_type:
@@ -212,6 +211,18 @@ def run(config: QuantizeConfig) -> QuantizeResult:
         finally:
             job.close()
     return _result(config, source, tuple(outputs), started, imatrix)
+
+
+def _dropped_source(config: QuantizeConfig, source: Path) -> DroppedInputError:
+    """The error for a source GGUF that export --keep dropped and that is needed again."""
+    persona = config.persona
+    return DroppedInputError(
+        f"{source.name} was dropped (export --keep) and is needed to quantize again",
+        f"rebuild it first: persona-export gguf --persona {persona} (after "
+        f"persona-export merge --persona {persona} if the merged model was dropped "
+        "too; export rebuilds what it needs by itself)",
+        stage="gguf",
+    )
 
 
 def _require_imatrix(wanted: list[str], imatrix: Path | None) -> None:
@@ -273,14 +284,7 @@ class _Job:
 
     def require_source(self) -> None:
         if self.dropped:
-            persona = self.config.persona
-            raise DroppedInputError(
-                f"{self.source.name} was dropped (export --keep) and is needed to quantize again",
-                f"rebuild it first: persona-export gguf --persona {persona} (after "
-                f"persona-export merge --persona {persona} if the merged model was dropped "
-                "too; export rebuilds what it needs by itself)",
-                stage="gguf",
-            )
+            raise _dropped_source(self.config, self.source)
 
     def require_space(self, quants: list[QuantType]) -> None:
         """Refuse before writing anything when the types still to make would not fit on the
