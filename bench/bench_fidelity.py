@@ -13,6 +13,7 @@ persona retention (README: "Persona retention"), greedy answers identical to the
     .venv/bin/python bench/bench_fidelity.py [--types Q3_K_M,Q4_K_S,Q4_K_M,Q5_K_M]
         [--personas demo_pirate,demo_butler] [--limit N] [--answer-tokens N]
         [--work-dir DIR] [--json FILE]
+    .venv/bin/python bench/bench_fidelity.py --report FILE   # the tables of a saved run
 
 The work folder (default ``~/.cache/persona-export/bench/fidelity-work``) is kept: a second
 run reuses the trained adapters, exports and matrices. ``--limit N`` makes the persona matrix
@@ -196,22 +197,43 @@ def _measure_persona(persona: str, args: argparse.Namespace, base: Path, layout:
 
 
 def _table(results: dict[str, Any]) -> list[str]:
+    """The README's table: per persona and type, each figure without a matrix, with the
+    persona matrix and with the generic one (greedy answers: how many start with the same
+    16 tokens as the F16's; whole answers of 64 tokens almost never all agree)."""
     lines = [
         "| persona | type | bits/w | KL none / persona / generic | retention none / persona / "
-        "generic | answers identical none / persona / generic |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "generic | top-1 agreement none / persona / generic | first 16 tokens identical "
+        "none / persona / generic |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for persona, result in results.items():
         for quant, row in result["rows"].items():
             kl = " / ".join(f"{row[m]['kl_mean']:.4f}" for m in MATRICES)
             kept = " / ".join(f"{row[m]['retention']:.3f}" for m in MATRICES)
+            top1 = " / ".join(f"{row[m]['top1_agreement']:.3f}" for m in MATRICES)
             same = " / ".join(
-                f"{row[m]['answers']['identical']}/{row[m]['answers']['answers']}" for m in MATRICES
+                f"{row[m]['answers']['same_prefix']}/{row[m]['answers']['answers']}"
+                for m in MATRICES
             )
             lines.append(
-                f"| {persona} | {quant} | {row['bits_per_weight']:.2f} | {kl} | {kept} | {same} |"
+                f"| {persona} | {quant} | {row['bits_per_weight']:.2f} | {kl} | {kept} | {top1} "
+                f"| {same} |"
             )
     return lines
+
+
+def _report(results: dict[str, Any]) -> None:
+    for line in _table(results):
+        print(line)
+    for persona, result in results.items():
+        se = max(row[m]["retention_se"] for row in result["rows"].values() for m in MATRICES)
+        print(
+            f"\n{persona}: {result['prompts']} held-back prompts ({result['positions']} "
+            f"positions), persona signal {result['persona_signal']:.3f} nats, calibration "
+            f"{result['calibration_chars']} characters; retention's standard error at most "
+            f"{se:.3f}"
+        )
+        print("  seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in result["seconds"].items()))
 
 
 def main() -> None:
@@ -222,7 +244,13 @@ def main() -> None:
     parser.add_argument("--answer-tokens", type=int, default=64)
     parser.add_argument("--work-dir", type=Path, default=BENCH_CACHE / "fidelity-work")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument(
+        "--report", type=Path, default=None, help="print the tables of a run's --json file"
+    )
     args = parser.parse_args()
+    if args.report:
+        _report(json.loads(args.report.read_text(encoding="utf-8"))["results"])
+        return
     args.types = [t.strip().upper() for t in args.types.split(",") if t.strip()]
 
     from persona_export.demo.base_model import build_demo_base
@@ -241,15 +269,7 @@ def main() -> None:
         results[persona] = _measure_persona(persona, args, base, layout)
         results[persona]["seconds"]["train, merge, F16"] = exported_s
     print()
-    for line in _table(results):
-        print(line)
-    for persona, result in results.items():
-        print(
-            f"\n{persona}: {result['prompts']} held-back prompts ({result['positions']} "
-            f"positions), persona signal {result['persona_signal']:.3f} nats, calibration "
-            f"{result['calibration_chars']} characters"
-        )
-        print("  seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in result["seconds"].items()))
+    _report(results)
     total = time.monotonic() - started
     print(f"\nwall time {total:.0f} s; load average after: {os.getloadavg()[0]:.2f}")
     if args.json:
