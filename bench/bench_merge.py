@@ -8,7 +8,7 @@ PEFT's path is what the original script did: ``AutoModelForCausalLM.from_pretrai
 ``PeftModel.from_pretrained``, ``merge_and_unload()``, ``save_pretrained()``. Ours is the
 ``merge`` command (no hash cache: it also hashes the 7.7 GB of inputs for its manifest).
 Each runs in its own subprocess; wall time is measured around it (interpreter start and
-imports included) and peak RSS is the child's own ``ru_maxrss``. Before each run dirty
+imports included) and peak RSS is the child's own ``VmHWM``. Before each run dirty
 pages are flushed (``sync``) and the base is read once, so both start from the same warm
 page cache. Afterwards every tensor of the two outputs is compared (bf16: the largest
 difference in units in the last place is reported; 0 means identical).
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -31,6 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from rss import status_bytes  # noqa: E402
 from synthetic_base import BENCH_CACHE, ensure_phi4mini_synthetic  # noqa: E402
 
 PERSONA = "bench"
@@ -203,7 +203,7 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         kind, rest = sys.argv[2], [Path(a) for a in sys.argv[3:]]
         report = child_peft(*rest) if kind == "peft" else child_ours(*rest)
-        report["maxrss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        report["maxrss_bytes"] = status_bytes("VmHWM")  # not ru_maxrss: see bench/rss.py
         print(json.dumps(report))
     else:
         main()

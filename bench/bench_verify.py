@@ -7,7 +7,7 @@ one, side by side in one run, on a synthetic base + an r=16 LoRA merged by our m
 Each path runs in a child process of its own, as verify runs it: the merged model's logits,
 then base + adapter through PEFT, on the token ids of the shipped verify prompts (each model's own chat template and
 tokenizer, with a persona system prompt). Printed per path: wall time, the child's
-peak RSS (its own, ``getrusage``), and the figure verify's peft-vs-merged check reports
+peak RSS (its own, ``VmHWM``), and the figure verify's peft-vs-merged check reports
 (NMSE); then how the two paths' logits differ. Targets (issue 14, on the full-size
 Phi-4-mini in float32): streamed peak RSS <= 3 GiB, wall time <= 1.2x the whole-model
 path's, the check's NMSE within 1e-9 of the whole-model path's. The Llama-3-8B shape shows
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -36,6 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from rss import status_bytes  # noqa: E402
 from synthetic_base import BENCH_CACHE, ensure_synthetic  # noqa: E402
 
 PERSONA = "cap"
@@ -106,7 +106,7 @@ def child(
     seconds = time.monotonic() - started
     np.savez(out / f"{path}-merged.npz", *merged_logits)
     np.savez(out / f"{path}-peft.npz", *peft)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = status_bytes("VmHWM")  # not ru_maxrss: see bench/rss.py
     print(json.dumps({"seconds": seconds, "peak_rss": peak}))
 
 

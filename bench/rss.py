@@ -2,13 +2,21 @@
 
 :func:`run_measured` runs ``persona-export ARGS`` and returns its wall time and:
 
-* ``self``: the peak RSS of the persona-export (Python) process itself (``getrusage`` in the
-  process, written at exit);
+* ``self``: the peak RSS of the persona-export (Python) process itself (its ``VmHWM``,
+  read in the process at exit);
 * ``child``: the peak RSS of its largest child (the converter, llama-quantize, pe-logits,
-  llama-server), which counts the pages of the GGUF a llama.cpp tool maps from disk;
+  llama-server; each one's ``VmHWM``, sampled while it runs), which counts the pages of the
+  GGUF a llama.cpp tool maps from disk;
 * ``tree_anon``: the peak of the anonymous memory of the whole process tree, sampled every
   0.2 s from /proc (``RssAnon``): what cannot be given back to the page cache, i.e. what
   must fit in RAM; file-backed pages (a mapped GGUF) are reclaimable and not in it.
+
+Why not ``getrusage``'s ``ru_maxrss``: Linux carries a process's high-water mark into the
+program it starts (``exec`` keeps the larger of the two), so a child started by a process that
+once held 5 GiB reports at least 5 GiB whatever it used itself; this inflated a figure of
+``bench_verify.py`` (4.94 GiB reported, 3.17 GiB its own) when the benchmark had just built
+the model in the starting process. ``VmHWM`` in ``/proc/<pid>/status`` is the peak of the
+process's own memory since its ``exec``.
 """
 
 from __future__ import annotations
@@ -25,13 +33,11 @@ from pathlib import Path
 
 GiB = 2**30
 _WRAPPER = """\
-import atexit, json, os, resource, sys
+import atexit, json, os, sys
 def _report():
-    with open(os.environ["PE_BENCH_RSS"], "w") as fh:
-        json.dump({
-            "self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "child": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
-        }, fh)
+    with open("/proc/self/status") as status, open(os.environ["PE_BENCH_RSS"], "w") as fh:
+        hwm = next(int(l.split()[1]) for l in status if l.startswith("VmHWM:"))
+        json.dump({"self": hwm * 1024}, fh)
 atexit.register(_report)
 sys.argv = ["persona-export", *sys.argv[1:]]
 from persona_export.cli import main
@@ -72,24 +78,29 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _anon(pid: int) -> int:
+def status_bytes(field: str, pid: int | str = "self") -> int:
+    """A memory figure of ``/proc/<pid>/status`` (``VmHWM``, ``RssAnon``...) in bytes; 0 for a
+    process that has gone."""
     try:
         with open(f"/proc/{pid}/status") as fh:
             for line in fh:
-                if line.startswith("RssAnon:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
 
 
-def _tree_anon(root: int) -> int:
-    total, todo = 0, [root]
+def _tree(root: int) -> tuple[int, int]:
+    """(the tree's anonymous memory now, the largest peak of a process below ``root``)."""
+    total, largest, todo = 0, 0, [root]
     while todo:
         pid = todo.pop()
-        total += _anon(pid)
+        total += status_bytes("RssAnon", pid)
+        if pid != root:
+            largest = max(largest, status_bytes("VmHWM", pid))
         todo += _children(pid)
-    return total
+    return total, largest
 
 
 def run_measured(args: list[str], env: dict[str, str] | None = None) -> Measured:
@@ -101,12 +112,13 @@ def run_measured(args: list[str], env: dict[str, str] | None = None) -> Measured
     proc = subprocess.Popen(
         [sys.executable, "-c", _WRAPPER, *args], stdout=subprocess.DEVNULL, env=full_env
     )
-    peak = [0]
+    peak, child = [0], [0]
     done = threading.Event()
 
     def sample() -> None:
         while not done.wait(0.2):
-            peak[0] = max(peak[0], _tree_anon(proc.pid))
+            anon, largest = _tree(proc.pid)
+            peak[0], child[0] = max(peak[0], anon), max(child[0], largest)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -116,4 +128,4 @@ def run_measured(args: list[str], env: dict[str, str] | None = None) -> Measured
     sampler.join()
     data = json.loads(report.read_text() or "{}") if report.stat().st_size else {}
     report.unlink(missing_ok=True)
-    return Measured(seconds, code, int(data.get("self", 0)), int(data.get("child", 0)), peak[0])
+    return Measured(seconds, code, int(data.get("self", 0)), child[0], peak[0])
