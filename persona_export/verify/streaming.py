@@ -45,7 +45,12 @@ import numpy as np
 
 from persona_export.verify.memory import HEAD_BLOCK_BYTES
 from persona_export.verify.metrics import Array
-from persona_export.verify.weights import NotStreamable, WeightSource, is_hollow
+from persona_export.verify.weights import (
+    NotStreamable,
+    WeightSource,
+    fix_mmap_threshold,
+    is_hollow,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -423,6 +428,7 @@ def streamed_logits(
     import torch
 
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    fix_mmap_threshold()
     model = _build(model_dir, adapter_dir, torch_dtype[dtype])
     try:
         return _run(model, prompts)
