@@ -153,7 +153,8 @@ Imatrix = Annotated[
         metavar="FILE|auto",
         help="Importance matrix: a file from llama-imatrix, or auto to make one from the "
         "persona (its SYSTEM prompt and the F16's answers to templates/calibration_prompts.toml"
-        "). Needed by IQ1/IQ2/IQ3_XXS and Q2_K_S.",
+        "). Needed by IQ1/IQ2/IQ3_XXS and Q2_K_S. On the demo personas it lowered KL but did "
+        "not keep more of the persona (README: 'Persona fidelity'); verify judges both.",
     ),
 ]
 Calibration = Annotated[
