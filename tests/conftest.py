@@ -9,25 +9,26 @@ import pytest
 from tests.gotemplate_runner import GoTemplateRenderer, renderer_or_skip
 
 # The most the whole suite holds under pytest's base temporary folder at once (tiny models,
-# GGUFs and project copies; 3.3 GB at most on a full run, sampled every 20 s, with the retention settings in
-# pyproject.toml), with a margin.
+# GGUFs and project copies; 3.3 GB at most on a full run, sampled every 20 s, with the
+# retention settings in pyproject.toml), with a margin.
 NEEDED_TEMP_BYTES = 5 * 10**9
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Stop at once, with one message, when the temporary folder's disk cannot hold the run:
     otherwise every fixture that builds a model errors in turn with a full disk."""
-    import shutil
     import tempfile
 
-    base = Path(session.config.option.basetemp or tempfile.gettempdir()).absolute()
-    while not base.exists():  # a --basetemp that pytest has yet to make
-        base = base.parent
-    free = shutil.disk_usage(base).free
+    from persona_export.artifacts.atomic import free_space, size_text
+
+    # free_space probes the nearest existing folder: a --basetemp pytest has yet to make
+    base, free = free_space(
+        Path(session.config.option.basetemp or tempfile.gettempdir()).absolute()
+    )
     if free < NEEDED_TEMP_BYTES:
         pytest.exit(
-            f"only {free / 1e9:.1f} GB free under {base}; the tests need about "
-            f"{NEEDED_TEMP_BYTES / 1e9:.0f} GB there: free some space or set TMPDIR to a larger disk",
+            f"only {size_text(free)} free under {base}; the tests need about "
+            f"{size_text(NEEDED_TEMP_BYTES)} there: free some space or set TMPDIR to a larger disk",
             returncode=pytest.ExitCode.USAGE_ERROR,
         )
 
